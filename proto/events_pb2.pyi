@@ -1,0 +1,153 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Rating(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RATING_UNSPECIFIED: _ClassVar[Rating]
+    RATING_UP: _ClassVar[Rating]
+    RATING_DOWN: _ClassVar[Rating]
+
+class PolicyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POLICY_STATUS_UNSPECIFIED: _ClassVar[PolicyStatus]
+    POLICY_STATUS_CANDIDATE: _ClassVar[PolicyStatus]
+    POLICY_STATUS_PROMOTED: _ClassVar[PolicyStatus]
+    POLICY_STATUS_REJECTED: _ClassVar[PolicyStatus]
+    POLICY_STATUS_ROLLED_BACK: _ClassVar[PolicyStatus]
+RATING_UNSPECIFIED: Rating
+RATING_UP: Rating
+RATING_DOWN: Rating
+POLICY_STATUS_UNSPECIFIED: PolicyStatus
+POLICY_STATUS_CANDIDATE: PolicyStatus
+POLICY_STATUS_PROMOTED: PolicyStatus
+POLICY_STATUS_REJECTED: PolicyStatus
+POLICY_STATUS_ROLLED_BACK: PolicyStatus
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class SamplingParams(_message.Message):
+    __slots__ = ("temperature", "top_p", "max_tokens", "stop", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Interaction(_message.Message):
+    __slots__ = ("response_id", "created_at", "user_id", "session_id", "model", "policy_version", "prompt_messages", "prompt_token_ids", "response_text", "response_token_ids", "behaviour_logprobs", "sampling", "finish_reason", "request_id")
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    BEHAVIOUR_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    response_id: str
+    created_at: _timestamp_pb2.Timestamp
+    user_id: str
+    session_id: str
+    model: str
+    policy_version: int
+    prompt_messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    response_text: str
+    response_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    behaviour_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    sampling: SamplingParams
+    finish_reason: str
+    request_id: str
+    def __init__(self, response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompt_messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., response_text: _Optional[str] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., finish_reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Feedback(_message.Message):
+    __slots__ = ("feedback_id", "response_id", "created_at", "user_id", "rating", "comment", "policy_version", "replaces_feedback_id")
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    feedback_id: str
+    response_id: str
+    created_at: _timestamp_pb2.Timestamp
+    user_id: str
+    rating: Rating
+    comment: str
+    policy_version: int
+    replaces_feedback_id: str
+    def __init__(self, feedback_id: _Optional[str] = ..., response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., rating: _Optional[_Union[Rating, str]] = ..., comment: _Optional[str] = ..., policy_version: _Optional[int] = ..., replaces_feedback_id: _Optional[str] = ...) -> None: ...
+
+class Reward(_message.Message):
+    __slots__ = ("response_id", "created_at", "policy_version", "score", "reward_model_version")
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    response_id: str
+    created_at: _timestamp_pb2.Timestamp
+    policy_version: int
+    score: float
+    reward_model_version: int
+    def __init__(self, response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., score: _Optional[float] = ..., reward_model_version: _Optional[int] = ...) -> None: ...
+
+class PolicyVersion(_message.Message):
+    __slots__ = ("version", "parent", "checkpoint_uri", "weights_sha256", "created_at", "kl_to_reference", "reward_mean", "status", "reason")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    KL_TO_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    parent: int
+    checkpoint_uri: str
+    weights_sha256: str
+    created_at: _timestamp_pb2.Timestamp
+    kl_to_reference: float
+    reward_mean: float
+    status: PolicyStatus
+    reason: str
+    def __init__(self, version: _Optional[int] = ..., parent: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kl_to_reference: _Optional[float] = ..., reward_mean: _Optional[float] = ..., status: _Optional[_Union[PolicyStatus, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SpooledRecord(_message.Message):
+    __slots__ = ("topic", "key", "value")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    key: bytes
+    value: bytes
+    def __init__(self, topic: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,57 @@
+"""(De)serialisation of the loop's events: the only helpers services use to put events on the wire.
+
+Keys are UTF-8 strings: the response id for interactions, feedback and rewards (so each consumer can
+deduplicate and join by it), the decimal version number for policy records (so compaction keeps each
+version's latest status).
+"""
+
+from datetime import datetime, timezone
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from proto import topics
+from proto.events_pb2 import Feedback, Interaction, PolicyVersion, Reward
+
+EVENT_TYPES: dict[str, type[Message]] = {
+    topics.INTERACTIONS: Interaction,
+    topics.FEEDBACK: Feedback,
+    topics.REWARDS: Reward,
+    topics.POLICY: PolicyVersion,
+}
+
+
+class MalformedEvent(ValueError):
+    """A record's bytes are not a valid event of its topic."""
+
+
+def now() -> Timestamp:
+    """The current UTC time as a protobuf Timestamp."""
+    ts = Timestamp()
+    ts.FromDatetime(datetime.now(timezone.utc))
+    return ts
+
+
+def key_of(event: Message) -> bytes:
+    """The record key of ``event``: its response id, or its version number for a PolicyVersion."""
+    if isinstance(event, PolicyVersion):
+        return str(event.version).encode()
+    return event.response_id.encode()
+
+
+def encode(event: Message) -> bytes:
+    """Serialise ``event`` to its wire bytes."""
+    return event.SerializeToString()
+
+
+def decode(topic_name: str, value: bytes) -> Message:
+    """Parse ``value`` as the event type of ``topic_name`` (without prefix, e.g. ``"feedback"``).
+
+    Raises :class:`MalformedEvent` when the bytes do not parse, and ``KeyError`` for an unknown topic.
+    """
+    event = EVENT_TYPES[topic_name]()
+    try:
+        event.ParseFromString(value)
+    except DecodeError as exc:
+        raise MalformedEvent(f"not a {type(event).__name__}: {exc}") from exc
+    return event
