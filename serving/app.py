@@ -1,0 +1,152 @@
+"""Serving's FastAPI application: ``build_app(settings)`` wires the engine, the event log and the routes."""
+
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proto.topics import KafkaSettings
+from serving import errors, metrics
+from serving.chat import Caller, ChatService
+from serving.engine import PolicyEngine
+from serving.event_log import EventLog
+from serving.feedback import record_feedback
+from serving.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelCard,
+    ModelList,
+)
+from serving.response_index import ResponseIndex
+from serving.settings import Settings
+
+
+class MetricsMiddleware:
+    """Counts requests and times them to the last body byte (so streams are timed whole), per route."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        status = {"code": 500}
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                route = scope.get("route")
+                endpoint = getattr(route, "path", "unmatched")
+                metrics.REQUESTS.labels(endpoint=endpoint, status=str(status["code"])).inc()
+                metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(time.monotonic() - started)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
+def get_state(request: Request):
+    return request.app.state
+
+
+State = Annotated[object, Depends(get_state)]
+
+
+def caller_of(
+    request: Request,
+    x_request_id: Annotated[str | None, Header()] = None,
+    x_session_id: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """Ids for the events: the request id (propagated from X-Request-Id), user and session (X-Session-Id)."""
+    request_id = x_request_id or f"req-{uuid.uuid4().hex}"
+    request.state.request_id = request_id
+    return Caller(request_id=request_id, user_id="anonymous", session_id=x_session_id or "")
+
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"])
+async def chat_completions(req: ChatCompletionRequest, state: State, caller: Annotated[Caller, Depends(caller_of)]):
+    started = time.monotonic()
+    caller.user_id = req.user or "anonymous"
+    chat: ChatService = state.chat
+    if req.stream:
+        resp, deltas = await chat.start(req, caller, started)
+        return StreamingResponse(
+            chat.stream(req, caller, resp, deltas),
+            media_type="text/event-stream",
+            headers={"X-Policy-Version": str(resp.version), "X-Request-Id": caller.request_id},
+        )
+    body = await chat.complete(req, caller, started)
+    return JSONResponse(
+        body.model_dump(),
+        headers={"X-Policy-Version": str(body.policy_version), "X-Request-Id": caller.request_id},
+    )
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["openai"])
+async def list_models(state: State) -> ModelList:
+    card = ModelCard(id=state.settings.served_model_name, created=state.started_at,
+                     policy_version=state.engine.version)
+    return ModelList(data=[card])
+
+
+@router.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"])
+async def feedback(req: FeedbackRequest, state: State) -> FeedbackResponse:
+    return record_feedback(req, state.index, state.event_log)
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(state: State) -> JSONResponse:
+    checks = {"engine": state.engine.ready, "kafka": state.event_log.connected}
+    body = {"ready": all(checks.values()), "checks": checks, "policy_version": state.engine.version,
+            "spool_depth": state.event_log.depth}
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+@router.get("/metrics", tags=["ops"])
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = None) -> FastAPI:
+    """The serving application. The engine starts in the lifespan (≈ 20-30 s on CPU)."""
+    settings = settings or Settings()
+    kafka = kafka or KafkaSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.settings = settings
+        state.started_at = int(time.time())
+        state.event_log = EventLog(kafka, settings.data_dir / "spool")
+        state.event_log.start()
+        state.index = ResponseIndex(settings.data_dir / "responses.sqlite")
+        state.engine = PolicyEngine(settings)
+        await state.engine.start()
+        state.chat = ChatService(state.engine, state.event_log, state.index, settings.served_model_name)
+        try:
+            yield
+        finally:
+            state.engine.shutdown()
+            state.event_log.close()
+            state.index.close()
+
+    app = FastAPI(title="online-rlhf serving", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(router)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,149 @@
+"""Serving's event log: every accepted event goes to the durable spool, a sender thread moves it to Kafka.
+
+``publish`` returns once the event is on local disk, so requests never wait on Kafka and an unreachable or
+slow broker never loses an event. The sender delivers spooled events in order through an idempotent
+producer (acks=all) and acknowledges them in the spool only after Kafka did; on failure it backs off and
+retries the same records, so events reach Kafka in the order serving accepted them.
+"""
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from google.protobuf.message import Message
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from proto import wire
+from proto.events_pb2 import SpooledRecord
+from proto.topics import KafkaSettings
+from serving import metrics
+from serving.spool import Spool
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 256
+MAX_BACKOFF_S = 5.0
+# Kafka counts as unreachable once spooled events have waited this long without any delivery (s).
+STALL_S = 5.0
+
+
+class EventLog:
+    """Durable producer of the loop's events.
+
+    Args:
+        kafka: broker address and topic names.
+        spool_dir: directory of the on-disk spool.
+    """
+
+    def __init__(self, kafka: KafkaSettings, spool_dir: Path):
+        self._kafka = kafka
+        self._spool = Spool(spool_dir)
+        self._producer: KafkaProducer | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._delivering = threading.Event()  # set while the last delivery attempt succeeded
+        self._thread = threading.Thread(target=self._run, name="event-log-sender", daemon=True)
+        # monotonic time since which the oldest undelivered event has waited without progress, or None
+        self._pending_since: float | None = time.monotonic() if self._spool.depth else None
+        metrics.SPOOL_DEPTH.set(self._spool.depth)
+
+    def start(self) -> None:
+        """Start the sender thread (it first replays whatever an earlier run left in the spool)."""
+        self._thread.start()
+        self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        """True when the last delivery attempt succeeded and spooled events are not stalled.
+
+        A delivery to an unreachable broker only fails after the producer's timeouts, so stalled events
+        (no progress for ``STALL_S`` seconds) also mean Kafka is unreachable.
+        """
+        pending_since = self._pending_since
+        stalled = pending_since is not None and time.monotonic() - pending_since > STALL_S
+        return self._delivering.is_set() and not stalled
+
+    @property
+    def depth(self) -> int:
+        """Events accepted but not yet acknowledged by Kafka."""
+        return self._spool.depth
+
+    def publish(self, topic_name: str, event: Message) -> None:
+        """Accept ``event`` for ``topic_name`` (e.g. ``"feedback"``): durable on return.
+
+        Raises ``OSError`` when the spool cannot be written; the caller must then refuse the request.
+        """
+        record = SpooledRecord(topic=self._kafka.topic(topic_name), key=wire.key_of(event), value=wire.encode(event))
+        self._spool.append(record)
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        metrics.SPOOL_DEPTH.set(self._spool.depth)
+        self._wake.set()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what can be delivered within ``timeout_s`` seconds, then stop; the rest stays spooled."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self._producer is not None:
+            self._producer.close(timeout=1)
+        self._spool.close()
+
+    def _connect(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self._kafka.bootstrap_servers,
+                client_id="rlhf-serving",
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+                max_block_ms=5000,
+                request_timeout_ms=5000,
+                delivery_timeout_ms=15000,
+            )
+        return self._producer
+
+    def _deliver_batch(self) -> int:
+        """Send the oldest spooled records and wait for Kafka's acks; return how many were delivered."""
+        records, end = self._spool.read(BATCH_RECORDS)
+        if not records:
+            return 0
+        producer = self._connect()
+        futures = [producer.send(r.topic, key=r.key, value=r.value) for r in records]
+        producer.flush(timeout=20)
+        for future, record in zip(futures, records):
+            future.get(timeout=0)  # raises the delivery error, if any
+        self._spool.ack(end, len(records))
+        self._pending_since = time.monotonic() if self._spool.depth else None
+        for record in records:
+            metrics.EVENTS_DELIVERED.labels(topic=record.topic).inc()
+        metrics.SPOOL_DEPTH.set(self._spool.depth)
+        return len(records)
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()
+            try:
+                delivered = self._deliver_batch()
+                self._connect()
+                self._delivering.set()
+                failures = 0
+            except (KafkaError, OSError) as exc:
+                self._delivering.clear()
+                metrics.PRODUCE_ERRORS.inc()
+                failures += 1
+                delay = min(MAX_BACKOFF_S, 0.2 * 2**failures)
+                log.warning("kafka delivery failed (%r); %d events spooled; retrying in %.1fs",
+                            exc, self._spool.depth, delay)
+                if self._stop.wait(delay):
+                    return
+                continue
+            if delivered:
+                continue
+            if self._stop.is_set():
+                return
+            self._wake.wait(timeout=1.0)

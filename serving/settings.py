@@ -1,0 +1,49 @@
+"""Serving configuration, read from the environment (prefix ``RLHF_SERVING_``) by pydantic-settings."""
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_state_dir() -> Path:
+    """``$RLHF_STATE_DIR``, or ``<repo>/.state``: where fetched and built state lives."""
+    return Path(os.environ.get("RLHF_STATE_DIR", ROOT / ".state"))
+
+
+class Settings(BaseSettings):
+    """Every knob of the serving process. Environment prefix ``RLHF_SERVING_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHF_SERVING_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, description="HTTP port.")
+    model_path: Path = Field(
+        default_factory=lambda: default_state_dir() / "models" / "SmolLM2-135M-Instruct",
+        description="Hugging Face directory of the initial policy (policy version 0).",
+    )
+    served_model_name: str = Field("smollm2-135m-instruct", description="Name in /v1/models and requests.")
+    dtype: str = Field(
+        "float32",
+        description="Engine dtype. float32 keeps behaviour log-probs exact for PPO's importance ratio; "
+        "bfloat16 is about twice as fast on CPU but quantises log-probs in steps of 0.125.",
+    )
+    max_model_len: int = Field(2048, description="Context length in tokens (prompt + completion).")
+    default_max_tokens: int = Field(256, description="Completion budget when a request sets none (tokens).")
+    kv_cache_gib: int = Field(1, description="KV cache size on CPU (GiB).")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    data_dir: Path | None = Field(
+        None, description="Serving's own durable data: event spool and response index (default <state>/serving)."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the /admin endpoints; they are disabled without one."
+    )
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        if self.data_dir is None:
+            self.data_dir = self.state_dir / "serving"
+        return self

@@ -1,0 +1,64 @@
+"""Start the project's services as subprocesses for end-to-end tests, and stop them."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Service:
+    """A service subprocess (``python -m <module>``) that is ready when ``ready_path`` answers 200.
+
+    Its output goes to ``log_path`` (read it when a test fails).
+    """
+
+    def __init__(self, module: str, port: int, env: dict[str, str], log_path: Path, args: list[str] = ()):
+        self.module, self.port, self.log_path = module, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, **env}
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_path: str = "/healthz", timeout_s: float = 240.0) -> "Service":
+        """Start the process and wait until ``ready_path`` answers 200. Raises RuntimeError otherwise."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"{self.module} not ready after {timeout_s}s; see {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        """Send ``sig`` and wait for the process to exit (SIGKILL after ``timeout_s``)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def kafka_ctl(action: str, port: int) -> None:
+    """``deploy/kafka/kafka.sh <action>`` for the broker on ``port`` (start also creates the topics)."""
+    env = {**os.environ, "RLHF_KAFKA_PORT": str(port)}
+    subprocess.run(["bash", str(ROOT / "deploy/kafka/kafka.sh"), action], env=env, check=True, timeout=180)

@@ -1,0 +1,134 @@
+"""Serving end to end: the official openai client against the real engine and model, events read back
+from the real broker."""
+
+import httpx
+import pytest
+from transformers import AutoTokenizer
+
+from proto import events_pb2
+from tests.conftest import TopicReader
+from tests.serving.conftest import MODEL
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def check_interaction(event, *, response_id, text, tokenizer, version=0):
+    assert event.response_id == response_id
+    assert event.policy_version == version
+    assert event.response_text == text
+    assert tokenizer.decode(event.response_token_ids, skip_special_tokens=True) == text
+    assert len(event.behaviour_logprobs) == len(event.response_token_ids) > 0
+    assert all(lp <= 0.0 for lp in event.behaviour_logprobs)
+    assert event.prompt_messages[-1].content == QUESTION[-1]["content"]
+    assert len(event.prompt_token_ids) > 0
+    assert event.model == MODEL
+
+
+def test_chat_logs_one_interaction(client, broker, tokenizer):
+    interactions = TopicReader(broker, "interactions")
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, user="alice"
+    )
+    completion = raw.parse()
+    assert raw.headers["x-policy-version"] == "0"
+    assert completion.id.startswith("chatcmpl-")
+    text = completion.choices[0].message.content
+    assert "Paris" in text
+    assert completion.usage.completion_tokens > 0
+
+    [event] = interactions.read(1)
+    check_interaction(event, response_id=completion.id, text=text, tokenizer=tokenizer)
+    assert event.user_id == "alice"
+    assert len(event.response_token_ids) == completion.usage.completion_tokens
+    assert event.sampling.temperature == 0 and event.sampling.max_tokens == 24
+    assert interactions.read(1, timeout_s=2) == []  # exactly one event per response
+
+
+def test_streamed_chat_logs_one_interaction(client, broker, tokenizer):
+    interactions = TopicReader(broker, "interactions")
+    stream = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=16, stream=True, stream_options={"include_usage": True}, seed=7
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    ids = {c.id for c in chunks}
+    assert len(ids) == 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert any(c.choices and c.choices[0].finish_reason in ("stop", "length") for c in chunks)
+
+    [event] = interactions.read(1)
+    check_interaction(event, response_id=ids.pop(), text=text, tokenizer=tokenizer)
+    assert event.sampling.seed == 7
+
+
+def test_vote_and_revote(client, server, broker):
+    feedback = TopicReader(broker, "feedback")
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
+    first = httpx.post(f"{server.url}/v1/feedback", json={"response_id": completion.id, "rating": "up",
+                                                           "user": "bob", "comment": "good"})
+    assert first.status_code == 200, first.text
+    second = httpx.post(f"{server.url}/v1/feedback", json={"response_id": completion.id, "rating": "down",
+                                                            "user": "bob"})
+    assert second.status_code == 200
+    assert second.json()["replaces_feedback_id"] == first.json()["feedback_id"]
+
+    events = feedback.read(2)
+    assert [e.rating for e in events] == [events_pb2.RATING_UP, events_pb2.RATING_DOWN]
+    assert all(e.response_id == completion.id and e.user_id == "bob" and e.policy_version == 0 for e in events)
+    assert events[0].comment == "good" and events[0].replaces_feedback_id == ""
+    assert events[1].replaces_feedback_id == events[0].feedback_id == first.json()["feedback_id"]
+
+
+LONG = "word " * 1500
+
+
+@pytest.mark.parametrize(
+    "path, body, status, param",
+    [
+        ("/v1/chat/completions", b"{not json", 400, None),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                  "temperature": "hot"}, 422, "temperature"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}, 422, "messages"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2},
+         422, "n"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": LONG}]},
+         400, "messages"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                  "max_tokens": 5000}, 400, "messages"),
+        ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "up"}, 404, "response_id"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "meh"}, 422, "rating"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "up", "stars": 5}, 422, "stars"),
+        ("/v1/feedback", b"[1,", 400, None),
+    ],
+)
+def test_bad_input_gets_a_clear_error(server, path, body, status, param):
+    if isinstance(body, bytes):
+        r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = httpx.post(server.url + path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"]
+    assert error["param"] == param
+    if param:
+        assert param in error["message"] or status in (400, 404)
+
+
+def test_models_health_and_metrics(client, server):
+    [model] = client.models.list().data
+    assert model.id == MODEL
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    ready = httpx.get(server.url + "/readyz").json()
+    assert ready["ready"] and ready["checks"] == {"engine": True, "kafka": True}
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("rlhf_requests_total", "rlhf_request_latency_seconds_bucket", "rlhf_time_to_first_token_seconds",
+                 "rlhf_generated_tokens_total", "rlhf_feedback_total", "rlhf_policy_version", "rlhf_spool_depth",
+                 "rlhf_produce_errors_total"):
+        assert name in text, name
+    assert 'rlhf_requests_total{endpoint="/v1/chat/completions",status="200"}' in text

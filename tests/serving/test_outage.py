@@ -1,0 +1,48 @@
+"""Nothing accepted is lost: broker down → chats and votes → serving restarted → broker back → exactly
+those events arrive, in order."""
+
+import time
+
+import httpx
+from openai import OpenAI
+
+from tests.conftest import TopicReader
+from tests.serving.conftest import BROKER_PORT, MODEL
+from tests.services import kafka_ctl
+
+N = 3
+
+
+def test_events_survive_broker_outage_and_serving_restart(server, broker):
+    interactions = TopicReader(broker, "interactions")
+    feedback = TopicReader(broker, "feedback")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    kafka_ctl("stop", BROKER_PORT)
+    response_ids, feedback_ids = [], []
+    for i in range(N):
+        completion = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Count to {i + 2}."}], max_tokens=8
+        )
+        response_ids.append(completion.id)
+        vote = httpx.post(f"{server.url}/v1/feedback", json={"response_id": completion.id, "rating": "up"})
+        assert vote.status_code == 200, vote.text
+        feedback_ids.append(vote.json()["feedback_id"])
+    # Readiness drops once spooled events stall (a few seconds), while the service keeps answering.
+    deadline = time.monotonic() + 30
+    while (ready := httpx.get(f"{server.url}/readyz")).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert ready.status_code == 503 and ready.json()["checks"]["kafka"] is False
+    assert ready.json()["spool_depth"] == 2 * N
+
+    # Serving restarts while the broker is still down: the spool on disk carries the events over.
+    server.stop()
+    server.start(ready_path="/healthz")
+    kafka_ctl("start", BROKER_PORT)
+
+    got_interactions = interactions.read(N, timeout_s=60)
+    got_feedback = feedback.read(N, timeout_s=30)
+    assert [e.response_id for e in got_interactions] == response_ids
+    assert [e.feedback_id for e in got_feedback] == feedback_ids
+    assert interactions.read(1, timeout_s=3) == [] and feedback.read(1, timeout_s=1) == []
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
