@@ -1,0 +1,129 @@
+"""Rollouts from live traffic: reading Interaction events from Kafka, exactly as far as the learner trained.
+
+The reader owns no offsets of its own: the learner's checkpoint does. On start it seeks every partition of
+the interactions topic to the checkpoint's offsets (else to the consumer group's committed offsets, else to
+the earliest), hands out exactly ``n`` usable events per batch, and reports the position just past the last
+event it handed out. Offsets are committed to the group only after a checkpoint holding them is on disk, so
+after a crash the learner re-reads precisely the events whose training was lost.
+
+The partitions are assigned explicitly rather than through group rebalancing: PPO is one synchronous
+consumer of its batch (data-parallel ranks share one reader), and a restarted learner must not wait for the
+group coordinator to expire the killed member before it may read. The group still holds the committed
+offsets, so lag shows up in the usual Kafka tooling.
+"""
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from proto import topics, wire
+from proto.events_pb2 import Interaction
+from proto.topics import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """One prompt and response to train on.
+
+    ``behaviour_logprobs`` (live mode) are the serving policy's log π_b of each response token (natural log,
+    before temperature); None for responses the learner generated itself.
+    """
+
+    response_id: str
+    prompt_messages: list[dict[str, str]]
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_text: str
+    policy_version: int
+    behaviour_logprobs: list[float] | None = None
+
+
+def offsets_key(tp: TopicPartition) -> str:
+    """How a partition's offset is keyed in a checkpoint: ``"<topic>:<partition>"``."""
+    return f"{tp.topic}:{tp.partition}"
+
+
+@dataclass
+class Batch:
+    """A batch of accepted events plus what was skipped on the way (reason → count)."""
+
+    events: list[Interaction]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class InteractionReader:
+    """Reads the interactions topic from given offsets; hands out batches of events that pass a filter."""
+
+    def __init__(self, settings: KafkaSettings, group_id: str, offsets: dict[str, int]):
+        self.topic = settings.topic(topics.INTERACTIONS)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="rlhf-learner",
+        )
+        parts = self.consumer.partitions_for_topic(self.topic)
+        if not parts:
+            raise RuntimeError(f"topic {self.topic} does not exist (run rlhf-topics)")
+        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(self.partitions)
+        for tp in self.partitions:
+            if offsets_key(tp) in offsets:
+                self.consumer.seek(tp, offsets[offsets_key(tp)])
+            # otherwise the consumer starts from the group's committed offset, or the earliest one
+        self._buffer: deque = deque()
+        # Position just past the last event handed out, per partition: what a checkpoint records.
+        self._consumed = {offsets_key(tp): self.consumer.position(tp) for tp in self.partitions}
+
+    def next_batch(self, n: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False) -> Batch | None:
+        """Block until ``n`` events pass ``reject`` (a function returning None to accept, else a reason).
+
+        Rejected and undecodable events are skipped and counted in ``Batch.dropped``; they count as
+        consumed. Returns None when ``should_stop()`` turns true while waiting: the partial batch is
+        abandoned (the process is about to exit; a restart re-reads it from the checkpoint's offsets).
+        """
+        events: list[Interaction] = []
+        dropped: dict[str, int] = {}
+        while len(events) < n:
+            if not self._buffer:
+                if should_stop():
+                    return None
+                for records in self.consumer.poll(timeout_ms=int(poll_timeout_s * 1000)).values():
+                    self._buffer.extend(records)
+                continue
+            record = self._buffer.popleft()
+            self._consumed[offsets_key(TopicPartition(record.topic, record.partition))] = record.offset + 1
+            try:
+                event = wire.decode(topics.INTERACTIONS, record.value)
+            except wire.MalformedEvent:
+                dropped["malformed"] = dropped.get("malformed", 0) + 1
+                continue
+            reason = reject(event)
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            events.append(event)
+        return Batch(events, dropped)
+
+    def consumed_offsets(self) -> dict[str, int]:
+        """Next offset to read per partition, just past the last event handed out or skipped."""
+        return dict(self._consumed)
+
+    def commit(self, offsets: dict[str, int]) -> None:
+        """Commit ``offsets`` (from a checkpoint now on disk) to the consumer group."""
+        self.consumer.commit({tp: OffsetAndMetadata(offsets[offsets_key(tp)], "", -1)
+                              for tp in self.partitions if offsets_key(tp) in offsets})
+
+    def lag(self) -> int:
+        """Events on the topic not yet consumed by the learner (end offsets minus consumed)."""
+        ends = self.consumer.end_offsets(self.partitions)
+        return sum(max(0, ends[tp] - self._consumed[offsets_key(tp)]) for tp in self.partitions)
+
+    def close(self) -> None:
+        self.consumer.close()
