@@ -1,0 +1,145 @@
+"""The reward service's HTTP app: ``POST /v1/score``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+Every error answers in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``: 422 names the
+field of a malformed body, 400 an empty or oversize batch or an input longer than the context.
+"""
+
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proto.topics import KafkaSettings
+from reward_service.model import ContextTooLong
+from reward_service.protocol import ErrorBody, ErrorResponse, ScoreRequest, ScoreResponse
+from reward_service.service import RewardService
+from reward_service.settings import Settings
+
+
+class APIError(Exception):
+    """An error to answer with ``status`` in the OpenAI envelope."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(message=message, type=type_, param=param, code=code)
+
+
+def _envelope(status: int, body: ErrorBody) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=body).model_dump(), status_code=status)
+
+
+def _param(loc: tuple) -> str:
+    """A pydantic error location as a field path: ("body", "inputs", 0, "response") → inputs[0].response."""
+    path = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception to the envelope: APIError as given, validation to 422, HTTP errors as they are,
+    anything else to 500 without internals."""
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _envelope(exc.status, exc.body)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        message = "; ".join(f"{_param(tuple(e['loc']))}: {e['msg']}" for e in errors) or first["msg"]
+        body = ErrorBody(message=message, type="invalid_request_error", param=_param(tuple(first["loc"])),
+                         code="invalid_value")
+        return _envelope(422, body)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _envelope(exc.status_code, ErrorBody(message=str(exc.detail), type=kind))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        return _envelope(500, ErrorBody(message=f"internal error: {type(exc).__name__}", type="server_error"))
+
+
+def get_service(request: Request) -> RewardService:
+    """The running service, made by the app's lifespan."""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[RewardService, Depends(get_service)]
+router = APIRouter()
+
+
+@router.post("/v1/score", response_model=ScoreResponse, tags=["reward"])
+def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
+    """Score each ``{messages, response}`` with the newest reward-model checkpoint.
+
+    A plain ``def``: FastAPI runs it in its thread pool, so a forward pass never blocks the event loop.
+    """
+    limit = service.settings.max_batch_size
+    if not body.inputs:
+        raise APIError(400, "inputs must hold at least one input", param="inputs", code="empty_batch")
+    if len(body.inputs) > limit:
+        raise APIError(400, f"inputs holds {len(body.inputs)} inputs; at most {limit} are allowed",
+                       param="inputs", code="batch_too_large")
+    service.scorer.refresh()
+    items = [([m.model_dump() for m in i.messages], i.response) for i in body.inputs]
+    try:
+        rewards, version = service.scorer.score(items, source="http")
+    except ContextTooLong as exc:
+        raise APIError(400, str(exc), param=f"inputs[{exc.index}]", code="context_length_exceeded") from exc
+    return ScoreResponse(rewards=rewards, reward_model_version=version)
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz(service: ServiceDep) -> dict:
+    """Liveness: 200 unless a part of the service died (then 503: restart it)."""
+    problem = service.problem()
+    if problem is not None:
+        raise APIError(503, problem, type_="server_error", code="unhealthy")
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+def readyz(service: ServiceDep) -> dict:
+    """Readiness: 200 once the scorer is loaded and, when training, the Kafka consumer is reading."""
+    if not service.ready():
+        raise APIError(503, "not ready: the Kafka consumer is not connected yet", type_="server_error",
+                       code="not_ready")
+    return {"status": "ready", "reward_model_version": service.scorer.version}
+
+
+@router.get("/metrics", tags=["ops"])
+def metrics(service: ServiceDep) -> Response:
+    """Prometheus exposition of this service's metrics."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = None) -> FastAPI:
+    """The FastAPI app; its lifespan loads the model and starts the stream worker, and stops it on exit."""
+    settings = settings or Settings()
+    kafka = kafka or KafkaSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service = await run_in_threadpool(RewardService, settings, kafka)
+        service.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(title="rlhf reward service", version="1", lifespan=lifespan)
+    app.include_router(router)
+    install_error_handlers(app)
+    return app

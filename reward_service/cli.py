@@ -1,0 +1,44 @@
+"""Command line of the reward service (console script ``rlhf-reward``).
+
+    python -m reward_service.cli            serve on 127.0.0.1:8001, consume Kafka, train, publish rewards
+    python -m reward_service.cli --no-train  serve scores only (follows the checkpoints another one writes)
+    python -m reward_service.cli curve       print the held-out learning curve of the latest checkpoint
+
+Every option also has an environment variable ``RLHF_REWARD_<NAME>`` (see reward_service/settings.py).
+"""
+
+import argparse
+import logging
+
+import uvicorn
+
+from reward_service.api import build_app
+from reward_service.checkpoint import CheckpointStore, dump_curve
+from reward_service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "curve"])
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8001)")
+    parser.add_argument("--no-train", action="store_true", help="only serve scores; do not read Kafka")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    if args.no_train:
+        overrides["train"] = False
+    settings = Settings(**overrides)
+    if args.command == "curve":
+        checkpoints = CheckpointStore(settings.checkpoint_dir)
+        latest = checkpoints.latest()
+        if latest is None:
+            parser.error(f"no checkpoint in {settings.checkpoint_dir}")
+        print(dump_curve(checkpoints.lineage(latest)))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines narrate every connection
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the reward service, named and documented once (see reward_service/README.md).
+
+Each service instance has its own registry, so several apps can live in one process (tests) without
+clashing, and ``/metrics`` exposes exactly this service's series.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Rewards are logits of P(up): most mass lies within ±10.
+REWARD_BUCKETS = (-10, -5, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 5, 10)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class RewardMetrics:
+    """The service's metrics; every attribute is one Prometheus family."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.score = Histogram(
+            "rlhf_reward_score", "Reward-model scores given (logit of P(thumbs up))", ["source"],
+            buckets=REWARD_BUCKETS, registry=r,
+        )
+        self.scoring_latency = Histogram(
+            "rlhf_reward_scoring_latency_seconds", "Time to score one batch, seconds", ["source"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.model_version = Gauge("rlhf_reward_model_version", "Reward-model version the scorer serves", registry=r)
+        self.heldout_accuracy = Gauge(
+            "rlhf_reward_heldout_accuracy", "Accuracy of sign(reward) on held-out votes, latest checkpoint", registry=r
+        )
+        self.heldout_auc = Gauge("rlhf_reward_heldout_auc", "ROC AUC on held-out votes, latest checkpoint", registry=r)
+        self.heldout_votes = Gauge("rlhf_reward_heldout_votes", "Held-out votes the last evaluation used", registry=r)
+        self.examples_seen = Gauge(
+            "rlhf_reward_training_examples_seen",
+            "Training examples in the current model's lineage (kind: pointwise votes, pairwise pairs)",
+            ["kind"], registry=r,
+        )
+        self.loss = Gauge("rlhf_reward_training_loss", "Loss of the last training step, nats", ["kind"], registry=r)
+        self.pending_joins = Gauge("rlhf_reward_pending_joins", "Votes waiting for their interaction", registry=r)
+        self.events = Counter("rlhf_reward_events_consumed", "Kafka records consumed", ["topic"], registry=r)
+        self.malformed = Counter(
+            "rlhf_reward_malformed_events", "Records skipped as malformed (reason: decode, invalid)",
+            ["topic", "reason"], registry=r,
+        )
+        self.unknown_response_ids = Counter(
+            "rlhf_reward_unknown_response_ids",
+            "Votes dropped because their response id never joined an interaction (reason: expired, evicted)",
+            ["reason"], registry=r,
+        )
+        self.too_long = Counter(
+            "rlhf_reward_too_long_interactions", "Interactions longer than the context: not scored or trained", registry=r
+        )
+        self.rewards_published = Counter(
+            "rlhf_reward_rewards_published", "Reward events sent to the rewards topic", registry=r
+        )
+        self.checkpoint_seconds = Histogram(
+            "rlhf_reward_checkpoint_duration_seconds", "Time to evaluate and save one checkpoint, seconds",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )

@@ -1,0 +1,150 @@
+"""The reward model: the SFT policy's transformer with its LM head replaced by a scalar head.
+
+As in InstructGPT (Ouyang et al. 2022, §3.5): start from the supervised policy, drop the unembedding
+layer, and put a linear layer that outputs one scalar on the final hidden state of the last token of
+``prompt + response``. The text is the policy's own chat template with the response as the assistant
+turn, so the reward model reads exactly what the policy was trained to write.
+
+Only the top ``trainable_layers`` decoder layers, the final norm and the head are trained (the rest of
+the backbone stays the frozen SFT weights): on a CPU this keeps an online update cheap, and a checkpoint
+only has to hold those tensors (an *overlay* on the base model directory).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+Messages = Sequence[dict[str, str]]
+
+
+class ContextTooLong(ValueError):
+    """A chat-templated prompt + response has more tokens than the reward model's context."""
+
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(f"input {index} has {tokens} tokens; the context holds at most {limit}")
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+
+
+class ChatEncoder:
+    """Turns ``(messages, response)`` into token ids with the policy's chat template, and pads batches.
+
+    The bundled tokenizer uses ``<|im_end|>`` (id 2) as both pad and end-of-turn token, so masks are built
+    from lengths, never from ``input_ids != pad_token_id`` (which would hide real end-of-turn tokens).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    def encode(self, messages: Messages, response: str) -> list[int]:
+        """Token ids of the chat-templated conversation ``messages + [assistant: response]``."""
+        conversation = [*messages, {"role": "assistant", "content": response}]
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        # The template already writes every special token; the tokenizer must not add a BOS of its own.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_all(self, items: Sequence[tuple[Messages, str]]) -> list[list[int]]:
+        """Encode each ``(messages, response)``; raises :class:`ContextTooLong` naming the first too long."""
+        encoded = [self.encode(messages, response) for messages, response in items]
+        for index, ids in enumerate(encoded):
+            if len(ids) > self.max_tokens:
+                raise ContextTooLong(index, len(ids), self.max_tokens)
+        return encoded
+
+    def collate(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad ``sequences`` into ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64."""
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+        input_ids = torch.full((len(sequences), int(lengths.max())), self.tokenizer.pad_token_id, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return input_ids, lengths
+
+
+class RewardModel(nn.Module):
+    """SFT backbone (Llama, no LM head) + a linear scalar head on the last token's final hidden state."""
+
+    def __init__(self, backbone: nn.Module, trainable_layers: int):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        # A zero head scores every text 0 (no preference) until the first vote is learned, so version 0
+        # carries no arbitrary opinion into the rewards the learner sees.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        layers = backbone.config.num_hidden_layers
+        if not 0 <= trainable_layers <= layers:
+            raise ValueError(f"trainable_layers must be in [0, {layers}], got {trainable_layers}")
+        self.trainable_layers = trainable_layers
+        trainable = self.trainable_names()
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def trainable_names(self) -> set[str]:
+        """Names of the trained parameters: head, final norm, and the top ``trainable_layers`` layers."""
+        first = self.backbone.config.num_hidden_layers - self.trainable_layers
+        prefixes = ("head.", "backbone.norm.", *(f"backbone.layers.{i}." for i in range(first, first + self.trainable_layers)))
+        return {name for name, _ in self.named_parameters() if name.startswith(prefixes)}
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Rewards of right-padded sequences.
+
+        ``input_ids``: (B, T) int64; ``lengths``: (B,) int64, each in [1, T].
+        Returns (B,) float32: the head's output at position ``lengths - 1`` of each row.
+        """
+        batch, width = input_ids.shape
+        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, T)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        last = hidden.last_hidden_state[torch.arange(batch), lengths - 1]  # (B, H)
+        return self.head(last).squeeze(-1)  # (B,)
+
+    def overlay(self) -> dict[str, torch.Tensor]:
+        """The trained tensors (name → tensor), i.e. what a checkpoint stores on top of the base model."""
+        trainable = self.trainable_names()
+        return {name: p.detach().contiguous() for name, p in self.named_parameters() if name in trainable}
+
+    def save_overlay(self, path: Path) -> None:
+        """Write :meth:`overlay` as safetensors to ``path``."""
+        save_file(self.overlay(), str(path))
+
+    def load_overlay(self, path: Path) -> None:
+        """Load an overlay written by :meth:`save_overlay`.
+
+        Raises ``ValueError`` when its tensor names differ from this model's trained set (e.g. a checkpoint
+        made with another ``trainable_layers``).
+        """
+        tensors = load_file(str(path))
+        expected = self.trainable_names()
+        if set(tensors) != expected:
+            raise ValueError(
+                f"overlay {path} does not match this model: missing {sorted(expected - set(tensors))[:3]}, "
+                f"unexpected {sorted(set(tensors) - expected)[:3]}"
+            )
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor)
+
+
+def load_tokenizer(base_model: Path) -> PreTrainedTokenizerBase:
+    """The policy's tokenizer (with its chat template) from the base model directory."""
+    return AutoTokenizer.from_pretrained(str(base_model))
+
+
+def load_reward_model(base_model: Path, trainable_layers: int, overlay: Path | None = None) -> RewardModel:
+    """Build the reward model from the SFT model directory, optionally with a checkpoint's overlay.
+
+    Weights are float32 (exact on CPU; bf16 would double throughput but quantise rewards). The model is
+    returned in eval mode (Llama has no dropout, so train and eval compute the same function).
+    """
+    backbone = AutoModel.from_pretrained(str(base_model), dtype=torch.float32)
+    model = RewardModel(backbone, trainable_layers)
+    if overlay is not None:
+        model.load_overlay(overlay)
+    return model.eval()

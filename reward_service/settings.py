@@ -1,0 +1,83 @@
+"""Configuration of the reward service: environment variables ``RLHF_REWARD_<FIELD>``.
+
+The broker address and topic names come from :class:`proto.topics.KafkaSettings` (``RLHF_KAFKA_*``); the
+state directory from ``RLHF_STATE_DIR`` (default ``<repo>/.state``), shared with the other services.
+"""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    """Every knob of the reward service, with its default and unit."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHF_REWARD_", extra="ignore", validate_by_name=True)
+
+    # Where things live.
+    state_dir: Path = Field(
+        REPO_ROOT / ".state",
+        validation_alias=AliasChoices("RLHF_STATE_DIR", "state_dir"),
+        description="project state dir (env RLHF_STATE_DIR); this service keeps its files in <state>/reward",
+    )
+    base_model: Path | None = Field(None, description="SFT model directory; default <state>/models/" + BASE_MODEL_NAME)
+
+    # HTTP.
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8001, description="TCP port to listen on")
+    max_batch_size: int = Field(64, ge=1, description="most inputs one POST /v1/score may carry")
+    max_context_tokens: int = Field(2048, ge=16, description="longest chat-templated prompt+response, tokens")
+    score_micro_batch: int = Field(8, ge=1, description="sequences per forward pass when scoring")
+    reload_check_s: float = Field(1.0, ge=0, description="how often /v1/score looks for a newer checkpoint, s")
+
+    # Kafka consumption.
+    train: bool = Field(True, description="consume interactions+feedback, train, publish rewards")
+    group_id: str = Field("rlhf-reward", description="Kafka consumer group")
+    poll_timeout_ms: int = Field(500, ge=1, description="longest wait of one poll, ms")
+    poll_max_records: int = Field(256, ge=1, description="most records handled between two training steps")
+
+    # Model and optimisation.
+    trainable_layers: int = Field(4, ge=0, description="top decoder layers trained (the rest stay frozen SFT)")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW step size of the trained decoder layers")
+    head_learning_rate: float = Field(1e-3, gt=0, description="AdamW step size of the scalar head")
+    train_batch_size: int = Field(8, ge=1, description="votes per optimiser step")
+    pairwise_weight: float = Field(1.0, ge=0, description="weight of the Bradley–Terry loss vs the pointwise one")
+
+    # Held-out evaluation.
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of response ids never trained on")
+    heldout_eval_size: int = Field(128, ge=1, description="most recent held-out votes scored per checkpoint")
+
+    # Checkpoints.
+    checkpoint_every_examples: int = Field(64, ge=1, description="votes trained between two checkpoints")
+    checkpoint_interval_s: float = Field(30.0, gt=0, description="longest time new progress stays unsaved, s")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints whose weights are kept on disk")
+
+    # Join store.
+    join_timeout_s: float = Field(3600.0, gt=0, description="how long a vote waits for its interaction, s")
+    max_pending_votes: int = Field(10_000, ge=1, description="most votes waiting for their interaction")
+    max_interactions: int = Field(100_000, ge=1, description="most interactions kept for later votes")
+
+    @model_validator(mode="after")
+    def _default_base_model(self) -> "Settings":
+        if self.base_model is None:
+            self.base_model = self.state_dir / "models" / BASE_MODEL_NAME
+        return self
+
+    @property
+    def reward_dir(self) -> Path:
+        """This service's own state: checkpoints and the join store."""
+        return self.state_dir / "reward"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Versioned checkpoints, one directory ``v000012`` per version."""
+        return self.reward_dir / "checkpoints"
+
+    @property
+    def store_path(self) -> Path:
+        """SQLite file of the join store (interactions and votes awaiting or done with training)."""
+        return self.reward_dir / "joins.sqlite"

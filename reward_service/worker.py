@@ -1,0 +1,308 @@
+"""The online loop: consume interactions and votes, publish a reward per response, train, checkpoint.
+
+One thread runs, in order, forever:
+1. poll a batch of records from the interactions and feedback topics;
+2. store each in the join store (malformed ones are logged, counted and skipped);
+3. score every new interaction with the serving scorer and publish a Reward event for it;
+4. train one step on the oldest trainable votes (and the pairs they complete);
+5. when enough votes were trained, or enough time passed, checkpoint: flush the producer, evaluate on the
+   held-out slice, save weights + optimizer + offsets as a new version, *then* commit the offsets.
+
+Because offsets are committed only after the checkpoint that contains their effects, and a restart
+resumes from the checkpoint's own offsets (rolling the join store's training marks back to it), a crash
+at any point loses no vote and trains none twice; Reward events are at-least-once (keyed by response id,
+so consumers deduplicate).
+"""
+
+import logging
+import threading
+import time
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_fixed
+
+from proto import topics, wire
+from proto.events_pb2 import Reward
+from proto.topics import KafkaSettings, ensure_topics
+from reward_service.checkpoint import OVERLAY, CheckpointStore, HeldOut, new_state
+from reward_service.metrics import RewardMetrics
+from reward_service.model import load_reward_model
+from reward_service.scorer import Scorer
+from reward_service.settings import Settings
+from reward_service.store import InvalidEvent, JoinStore
+from reward_service.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+CONSUMED = (topics.INTERACTIONS, topics.FEEDBACK)
+
+
+class StreamWorker(threading.Thread):
+    """The consumer/trainer thread. ``ready`` is set once it reads Kafka; ``error`` holds what killed it."""
+
+    def __init__(self, settings: Settings, kafka: KafkaSettings, scorer: Scorer, checkpoints: CheckpointStore,
+                 metrics: RewardMetrics):
+        super().__init__(name="reward-stream", daemon=True)
+        self.settings = settings
+        self.kafka = kafka
+        self.scorer = scorer
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+        self._stopping = threading.Event()
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Ask the loop to finish its step, save a last checkpoint and close; wait for it."""
+        self._stopping.set()
+        self.join(timeout_s)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # the thread would die silently otherwise; /healthz reports it
+            self.error = exc
+            log.exception("reward stream worker failed")
+
+    # -- setup -----------------------------------------------------------------------------------------
+
+    def _retrying(self) -> Retrying:
+        """Retry Kafka calls every second until they succeed or the service stops."""
+        return Retrying(
+            retry=retry_if_exception_type(KafkaError), wait=wait_fixed(1.0), stop=stop_when_event_set(self._stopping),
+            before_sleep=lambda rs: log.warning("kafka not ready (%r); retrying", rs.outcome.exception()),
+            reraise=True,
+        )
+
+    def _load(self) -> None:
+        """Resume from the newest checkpoint: model, optimiser, lineage counters, join-store marks."""
+        s = self.settings
+        self.version = self.checkpoints.latest()
+        self.state = self.checkpoints.state(self.version)
+        self.store = JoinStore(s.store_path, s.heldout_fraction)
+        rolled_back = self.store.rollback(self.version)
+        if rolled_back:
+            log.info("%d votes trained after checkpoint %d will be trained again", rolled_back, self.version)
+        model = load_reward_model(
+            s.base_model, self.state.trainable_layers, self.checkpoints.path(self.version) / OVERLAY
+        )
+        self.trainer = Trainer(
+            model, self.scorer.encoder, s.learning_rate, s.head_learning_rate, s.pairwise_weight,
+            up_trained=self.state.up_trained, down_trained=self.state.down_trained,
+        )
+        optimizer_state = self.checkpoints.load_optimizer_state(self.version)
+        if optimizer_state is not None:
+            self.trainer.optimizer.load_state_dict(optimizer_state)
+        self.unsaved_votes = 0
+        self.unsaved_pairs = 0
+        self.saved_at = time.monotonic()
+        self._publish_state_metrics()
+
+    def _connect(self) -> None:
+        """Create topics if missing, then assign every partition of both topics and seek to the checkpoint.
+
+        The trainer is one model, so one consumer reads all partitions (``assign``, not a group
+        subscription that would split them); the group id still records committed offsets and lag.
+        """
+        for attempt in self._retrying():
+            with attempt:
+                ensure_topics(self.kafka)
+                self.consumer = KafkaConsumer(
+                    bootstrap_servers=self.kafka.bootstrap_servers, group_id=self.settings.group_id,
+                    client_id="rlhf-reward", enable_auto_commit=False, auto_offset_reset="earliest",
+                )
+                self.producer = KafkaProducer(
+                    bootstrap_servers=self.kafka.bootstrap_servers, client_id="rlhf-reward",
+                    enable_idempotence=True, acks="all", linger_ms=5,
+                )
+        partitions = []
+        for name in CONSUMED:
+            topic = self.kafka.topic(name)
+            ids = self.consumer.partitions_for_topic(topic) or set()
+            if not ids:
+                raise RuntimeError(f"topic {topic} has no partitions")
+            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        self.consumer.assign(partitions)
+        for tp in partitions:
+            offset = self.state.offsets.get(tp.topic, {}).get(tp.partition)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        self.partitions = partitions
+        self.short_names = {self.kafka.topic(name): name for name in CONSUMED}
+        log.info("consuming %s from %s", [f"{tp.topic}/{tp.partition}" for tp in partitions], self.state.offsets)
+        self.ready.set()
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._load()
+        try:
+            self._connect()
+            while not self._stopping.is_set():
+                self._step()
+            self._checkpoint()
+        finally:
+            self.ready.clear()
+            if self.producer is not None:
+                self.producer.close()
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)
+            self.store.close()
+
+    def _step(self) -> None:
+        """One turn of the loop (steps 1–5 of the module docstring)."""
+        s = self.settings
+        polled = self.consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.poll_max_records)
+        interactions = []
+        for tp, records in polled.items():
+            name = self.short_names[tp.topic]
+            self.metrics.events.labels(name).inc(len(records))
+            for record in records:
+                event = self._store(name, record)
+                if event is not None and name == topics.INTERACTIONS:
+                    interactions.append(event)
+        self.store.commit()
+        if interactions:
+            self._publish_rewards(interactions)
+        if not polled:
+            # Caught up on both topics: a vote still unjoined now has really outwaited its interaction.
+            expired, evicted = self.store.drop_unjoined(s.join_timeout_s, s.max_pending_votes)
+            self.metrics.unknown_response_ids.labels("expired").inc(expired)
+            self.metrics.unknown_response_ids.labels("evicted").inc(evicted)
+        self.metrics.pending_joins.set(self.store.pending())
+        self._train()
+        waited = time.monotonic() - self.saved_at
+        if self.unsaved_votes >= s.checkpoint_every_examples or waited >= s.checkpoint_interval_s:
+            self._checkpoint()
+
+    def _store(self, name: str, record):
+        """Decode and store one record; returns the event, or None when it was malformed (and skipped)."""
+        try:
+            event = wire.decode(name, record.value)
+            if name == topics.INTERACTIONS:
+                if not self._fits(event):
+                    return None
+                self.store.add_interaction(event)
+            else:
+                self.store.add_vote(event)
+            return event
+        except (wire.MalformedEvent, InvalidEvent) as exc:
+            reason = "decode" if isinstance(exc, wire.MalformedEvent) else "invalid"
+            self.metrics.malformed.labels(name, reason).inc()
+            log.warning("skipping malformed record %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            return None
+
+    def _fits(self, event) -> bool:
+        """Whether the interaction fits the context; one that does not is counted and neither scored nor
+        trained (its votes then count as unknown response ids once they time out)."""
+        messages = [{"role": m.role, "content": m.content} for m in event.prompt_messages]
+        tokens = len(self.scorer.encoder.encode(messages, event.response_text))
+        if tokens <= self.settings.max_context_tokens:
+            return True
+        self.metrics.too_long.inc()
+        log.warning("interaction %s has %d tokens (> %d): skipped", event.response_id, tokens,
+                    self.settings.max_context_tokens)
+        return False
+
+    def _publish_rewards(self, interactions) -> None:
+        """Score the interactions with the serving scorer and send one Reward event each."""
+        self.scorer.refresh()
+        items = [([{"role": m.role, "content": m.content} for m in e.prompt_messages], e.response_text)
+                 for e in interactions]
+        rewards, version = self.scorer.score(items, source="stream")
+        topic = self.kafka.topic(topics.REWARDS)
+        for event, reward in zip(interactions, rewards):
+            message = Reward(response_id=event.response_id, created_at=wire.now(),
+                             policy_version=event.policy_version, score=reward, reward_model_version=version)
+            self.producer.send(topic, key=wire.key_of(message), value=wire.encode(message))
+        self.metrics.rewards_published.inc(len(interactions))
+
+    def _train(self) -> None:
+        """One optimiser step on the oldest trainable votes, marked as part of the next version."""
+        votes = self.store.trainable(self.settings.train_batch_size)
+        if not votes:
+            return
+        pairs = [p for p in map(self.store.partner, votes) if p is not None]
+        result = self.trainer.step(votes, pairs)
+        self.store.mark_trained([v.feedback_id for v in votes], self.version + 1)
+        self.store.commit()
+        self.unsaved_votes += result.votes
+        self.unsaved_pairs += result.pairs
+        self.metrics.loss.labels("pointwise").set(result.pointwise_loss)
+        if result.pairwise_loss is not None:
+            self.metrics.loss.labels("pairwise").set(result.pairwise_loss)
+        self.metrics.examples_seen.labels("pointwise").set(self.state.votes_trained + self.unsaved_votes)
+        self.metrics.examples_seen.labels("pairwise").set(self.state.pairs_trained + self.unsaved_pairs)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def _offsets(self) -> dict[str, dict[int, int]]:
+        offsets: dict[str, dict[int, int]] = {}
+        for tp in self.partitions:
+            offsets.setdefault(tp.topic, {})[tp.partition] = self.consumer.position(tp)
+        return offsets
+
+    def _checkpoint(self) -> None:
+        """Save progress, then commit offsets. Saves a new version only when votes were trained; otherwise
+        records the further offsets on the current version (same weights)."""
+        started = time.perf_counter()
+        s = self.settings
+        self.producer.flush()  # every Reward for the interactions below these offsets is delivered
+        offsets = self._offsets()
+        if self.unsaved_votes:
+            heldout = self.store.heldout(s.heldout_eval_size)
+            score = None
+            if heldout:
+                accuracy, auc = self.trainer.evaluate(heldout, s.score_micro_batch)
+                score = HeldOut(votes=len(heldout), accuracy=accuracy, auc=auc)
+            up = self.trainer.up_trained
+            down = self.trainer.down_trained
+            state = new_state(
+                self.version + 1, self.version, s.base_model, self.state.trainable_layers, offsets=offsets,
+                votes_trained=self.state.votes_trained + self.unsaved_votes,
+                pairs_trained=self.state.pairs_trained + self.unsaved_pairs,
+                up_trained=up, down_trained=down,
+                trained_feedback_ids=self.store.trained_in(self.version + 1), heldout=score,
+            )
+            self.checkpoints.save(state, self.trainer.model, self.trainer.optimizer)
+            self.version, self.state = state.version, state
+            self.unsaved_votes = self.unsaved_pairs = 0
+            self.checkpoints.prune(s.keep_checkpoints)
+            self.store.prune_interactions(s.max_interactions, self.version)
+            self.scorer.refresh(force=True)
+            log.info("checkpoint v%d: %d votes trained, held-out %s", self.version, state.votes_trained, score)
+        elif offsets != self.state.offsets:
+            self.checkpoints.update_offsets(self.version, offsets)
+            self.state = self.state.model_copy(update={"offsets": offsets})
+        else:
+            self.saved_at = time.monotonic()
+            return
+        self._commit(offsets)
+        self.saved_at = time.monotonic()
+        self._publish_state_metrics()
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
+        """Commit ``offsets`` to the consumer group (for lag monitoring; resuming uses the checkpoint's)."""
+        try:
+            self.consumer.commit({
+                TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                for topic, parts in offsets.items() for partition, offset in parts.items()
+            })
+        except KafkaError as exc:  # the checkpoint already holds these offsets: the next commit catches up
+            log.warning("offset commit failed: %r", exc)
+
+    def _publish_state_metrics(self) -> None:
+        self.metrics.examples_seen.labels("pointwise").set(self.state.votes_trained)
+        self.metrics.examples_seen.labels("pairwise").set(self.state.pairs_trained)
+        if self.state.heldout is not None:
+            self.metrics.heldout_votes.set(self.state.heldout.votes)
+            self.metrics.heldout_accuracy.set(self.state.heldout.accuracy)
+            if self.state.heldout.auc is not None:
+                self.metrics.heldout_auc.set(self.state.heldout.auc)
