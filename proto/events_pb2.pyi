@@ -23,6 +23,8 @@ class PolicyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_STATUS_PROMOTED: _ClassVar[PolicyStatus]
     POLICY_STATUS_REJECTED: _ClassVar[PolicyStatus]
     POLICY_STATUS_ROLLED_BACK: _ClassVar[PolicyStatus]
+    POLICY_STATUS_PINNED: _ClassVar[PolicyStatus]
+    POLICY_STATUS_UNPINNED: _ClassVar[PolicyStatus]
 RATING_UNSPECIFIED: Rating
 RATING_UP: Rating
 RATING_DOWN: Rating
@@ -31,6 +33,8 @@ POLICY_STATUS_CANDIDATE: PolicyStatus
 POLICY_STATUS_PROMOTED: PolicyStatus
 POLICY_STATUS_REJECTED: PolicyStatus
 POLICY_STATUS_ROLLED_BACK: PolicyStatus
+POLICY_STATUS_PINNED: PolicyStatus
+POLICY_STATUS_UNPINNED: PolicyStatus
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")

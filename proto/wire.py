@@ -2,7 +2,7 @@
 
 Keys are UTF-8 strings: the response id for interactions, feedback and rewards (so each consumer can
 deduplicate and join by it), the decimal version number for policy records (so compaction keeps each
-version's latest status).
+version's latest status), and ``pin`` for the operator's pin record.
 """
 
 from datetime import datetime, timezone
@@ -11,7 +11,8 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from proto import topics
-from proto.events_pb2 import Feedback, Interaction, PolicyVersion, Reward
+from proto.events_pb2 import Feedback, Interaction, PolicyStatus, PolicyVersion, Reward
+from proto.policy_log import PIN_KEY
 
 EVENT_TYPES: dict[str, type[Message]] = {
     topics.INTERACTIONS: Interaction,
@@ -33,8 +34,10 @@ def now() -> Timestamp:
 
 
 def key_of(event: Message) -> bytes:
-    """The record key of ``event``: its response id, or its version number for a PolicyVersion."""
+    """The record key of ``event``: its response id; for a PolicyVersion its version number, or ``pin``."""
     if isinstance(event, PolicyVersion):
+        if event.status in (PolicyStatus.POLICY_STATUS_PINNED, PolicyStatus.POLICY_STATUS_UNPINNED):
+            return PIN_KEY
         return str(event.version).encode()
     return event.response_id.encode()
 

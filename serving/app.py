@@ -1,5 +1,6 @@
 """Serving's FastAPI application: ``build_app(settings)`` wires the engine, the event log and the routes."""
 
+import asyncio
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -10,11 +11,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto.topics import KafkaSettings
-from serving import errors, metrics
+from serving import admin, errors, metrics
 from serving.chat import Caller, ChatService
 from serving.engine import PolicyEngine
 from serving.event_log import EventLog
 from serving.feedback import record_feedback
+from serving.policy_follower import PolicyFollower
 from serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -111,7 +113,8 @@ async def healthz() -> dict:
 
 @router.get("/readyz", tags=["ops"])
 async def readyz(state: State) -> JSONResponse:
-    checks = {"engine": state.engine.ready, "kafka": state.event_log.connected}
+    checks = {"engine": state.engine.ready, "kafka": state.event_log.connected,
+              "policy_synced": state.follower.synced.is_set()}
     body = {"ready": all(checks.values()), "checks": checks, "policy_version": state.engine.version,
             "spool_depth": state.event_log.depth}
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
@@ -138,9 +141,12 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
         state.engine = PolicyEngine(settings)
         await state.engine.start()
         state.chat = ChatService(state.engine, state.event_log, state.index, settings.served_model_name)
+        state.follower = PolicyFollower(kafka, state.engine, settings.model_path, asyncio.get_running_loop())
+        state.follower.start()
         try:
             yield
         finally:
+            state.follower.stop()
             state.engine.shutdown()
             state.event_log.close()
             state.index.close()
@@ -148,5 +154,6 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
     app = FastAPI(title="online-rlhf serving", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(admin.router)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -27,3 +27,5 @@ SWAP_DURATION = Histogram("rlhf_swap_duration_seconds", "Time to load a policy's
 GENERATION_PAUSE = Histogram("rlhf_generation_pause_seconds",
                              "Time new requests were held during a swap, draining in-flight ones included (s).",
                              buckets=_LATENCY_BUCKETS)
+SWAP_FAILURES = Counter("rlhf_swap_failures_total",
+                        "Policy versions not swapped in: unresolvable URI, sha256 mismatch or failed load.")

@@ -1,7 +1,9 @@
 """Start the project's services as subprocesses for end-to-end tests, and stop them."""
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +12,19 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port(consecutive: int = 1) -> int:
+    """A port on 127.0.0.1 such that it and the next ``consecutive - 1`` ports are free now."""
+    while True:
+        port = random.randint(20000, 60000)
+        try:
+            for p in range(port, port + consecutive):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
 
 
 class Service:
@@ -58,7 +73,7 @@ class Service:
             self.proc.wait()
 
 
-def kafka_ctl(action: str, port: int) -> None:
-    """``deploy/kafka/kafka.sh <action>`` for the broker on ``port`` (start also creates the topics)."""
-    env = {**os.environ, "RLHF_KAFKA_PORT": str(port)}
+def kafka_ctl(action: str, port: int, data_dir: Path) -> None:
+    """``deploy/kafka/kafka.sh <action>`` for the broker on ``port`` keeping its data in ``data_dir``."""
+    env = {**os.environ, "RLHF_KAFKA_PORT": str(port), "RLHF_KAFKA_DATA_DIR": str(data_dir)}
     subprocess.run(["bash", str(ROOT / "deploy/kafka/kafka.sh"), action], env=env, check=True, timeout=180)

@@ -2,7 +2,8 @@
 # Single-node Apache Kafka (KRaft, combined broker+controller) on 127.0.0.1 for one machine.
 #   kafka.sh start|stop|status
 # Jars come from Maven Central via deploy/kafka/pom.xml (scripts/install.sh fetches them); data and logs
-# live under $RLHF_STATE_DIR/kafka. Port: $RLHF_KAFKA_PORT (default 9092); controller port = port + 1.
+# live under $RLHF_KAFKA_DATA_DIR (default $RLHF_STATE_DIR/kafka). Port: $RLHF_KAFKA_PORT (default 9092);
+# the controller listens on port + 1.
 # `start` also creates the project's topics (proto/topics.py). To use an existing cluster instead, skip
 # this script and set RLHF_KAFKA_BOOTSTRAP_SERVERS.
 set -euo pipefail
@@ -10,8 +11,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="${RLHF_STATE_DIR:-$ROOT/.state}"
 PORT="${RLHF_KAFKA_PORT:-9092}"
 CPORT=$((PORT + 1))
-DIR="$STATE/kafka"
-JARS="$DIR/jars"
+JARS="$STATE/kafka/jars"
+DIR="${RLHF_KAFKA_DATA_DIR:-$STATE/kafka}"  # data, config, log and pid of this broker
 DATA="$DIR/data-$PORT"
 PIDFILE="$DIR/broker-$PORT.pid"
 CONF="$DIR/server-$PORT.properties"

@@ -125,7 +125,7 @@ def test_models_health_and_metrics(client, server):
     assert model.id == MODEL
     assert httpx.get(server.url + "/healthz").status_code == 200
     ready = httpx.get(server.url + "/readyz").json()
-    assert ready["ready"] and ready["checks"] == {"engine": True, "kafka": True}
+    assert ready["ready"] and ready["checks"] == {"engine": True, "kafka": True, "policy_synced": True}
     text = httpx.get(server.url + "/metrics").text
     for name in ("rlhf_requests_total", "rlhf_request_latency_seconds_bucket", "rlhf_time_to_first_token_seconds",
                  "rlhf_generated_tokens_total", "rlhf_feedback_total", "rlhf_policy_version", "rlhf_spool_depth",

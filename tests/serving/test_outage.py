@@ -13,12 +13,12 @@ from tests.services import kafka_ctl
 N = 3
 
 
-def test_events_survive_broker_outage_and_serving_restart(server, broker):
+def test_events_survive_broker_outage_and_serving_restart(server, broker, broker_dir):
     interactions = TopicReader(broker, "interactions")
     feedback = TopicReader(broker, "feedback")
     client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
-    kafka_ctl("stop", BROKER_PORT)
+    kafka_ctl("stop", BROKER_PORT, broker_dir)
     response_ids, feedback_ids = [], []
     for i in range(N):
         completion = client.chat.completions.create(
@@ -38,7 +38,7 @@ def test_events_survive_broker_outage_and_serving_restart(server, broker):
     # Serving restarts while the broker is still down: the spool on disk carries the events over.
     server.stop()
     server.start(ready_path="/healthz")
-    kafka_ctl("start", BROKER_PORT)
+    kafka_ctl("start", BROKER_PORT, broker_dir)
 
     got_interactions = interactions.read(N, timeout_s=60)
     got_feedback = feedback.read(N, timeout_s=30)
