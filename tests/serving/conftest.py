@@ -11,7 +11,7 @@ from openai import OpenAI
 
 from proto.topics import KafkaSettings, ensure_topics
 from tests.conftest import kafka_env
-from tests.services import Service, free_port, kafka_ctl
+from loop.processes import Service, free_port, kafka_ctl
 
 BROKER_PORT = free_port(consecutive=2)  # the broker's controller listens on port + 1
 MODEL = "smollm2-135m-instruct"

@@ -8,7 +8,7 @@ from openai import OpenAI
 
 from tests.conftest import TopicReader
 from tests.serving.conftest import BROKER_PORT, MODEL
-from tests.services import kafka_ctl
+from loop.processes import kafka_ctl
 
 N = 3
 

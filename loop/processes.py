@@ -1,4 +1,7 @@
-"""Start the project's services as subprocesses for end-to-end tests, and stop them."""
+"""Start the project's services and a local Kafka broker as subprocesses, wait until they answer, stop them.
+
+Used by the main job (loop/run.py) and by the end-to-end tests.
+"""
 
 import os
 import random

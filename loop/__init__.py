@@ -1,0 +1,1 @@
+"""The main job: every part of the loop started together, driven by simulated users."""

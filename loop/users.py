@@ -1,0 +1,109 @@
+"""Simulated users: chat through serving's HTTP API on the bundled prompts and vote by a hidden preference."""
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from openai import APIError, AsyncOpenAI
+
+from loop.preference import Preference
+
+log = logging.getLogger(__name__)
+PROMPTS_FILE = Path(__file__).with_name("prompts.txt")
+
+
+def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
+    """The prompts in ``path``, one per line (blank lines and ``#`` comments skipped)."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+@dataclass
+class VersionStats:
+    """What users saw of one policy version."""
+
+    responses: int = 0
+    up: int = 0
+    down: int = 0
+    words: int = 0
+
+    @property
+    def up_rate(self) -> float | None:
+        """Thumbs-up / votes, or None before the first vote."""
+        votes = self.up + self.down
+        return self.up / votes if votes else None
+
+
+@dataclass
+class UserStats:
+    """Counts over all simulated users, by policy version."""
+
+    by_version: dict[int, VersionStats] = field(default_factory=lambda: defaultdict(VersionStats))
+    errors: int = 0
+
+    @property
+    def votes(self) -> int:
+        return sum(s.up + s.down for s in self.by_version.values())
+
+
+class SimulatedUsers:
+    """``n_users`` users chatting concurrently until stopped.
+
+    Args:
+        base_url: serving's root URL, e.g. ``http://127.0.0.1:8000``.
+        model: served model name.
+        preference: the hidden taste that decides votes.
+        n_users: concurrent users.
+        vote_rate: probability that a user votes on a response at all.
+        max_tokens: completion budget per request (tokens).
+        think_time_s: pause between a user's requests (s).
+        seed: makes prompt choice and votes repeatable.
+    """
+
+    def __init__(self, base_url: str, model: str, preference: Preference, n_users: int = 4, vote_rate: float = 0.8,
+                 max_tokens: int = 96, think_time_s: float = 0.5, seed: int = 0):
+        self.base_url, self.model, self.preference = base_url, model, preference
+        self.n_users, self.vote_rate, self.max_tokens, self.think_time_s = n_users, vote_rate, max_tokens, think_time_s
+        self.prompts = load_prompts()
+        self.seed = seed
+        self.stats = UserStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every user until ``stop`` is set; requests in flight finish first (nothing half-sent)."""
+        client = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=2, timeout=300)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+            await asyncio.gather(*(self._user(i, client, http, stop) for i in range(self.n_users)))
+        await client.close()
+
+    async def _user(self, i: int, client: AsyncOpenAI, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        rng = random.Random(self.seed * 1000 + i)
+        user = f"sim-user-{i}"
+        while not stop.is_set():
+            prompt = rng.choice(self.prompts)
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=self.max_tokens,
+                    temperature=1.0, user=user)
+                reply = raw.parse()
+                version = int(raw.headers["x-policy-version"])
+                text, finish = reply.choices[0].message.content or "", reply.choices[0].finish_reason
+                stats = self.stats.by_version[version]
+                stats.responses += 1
+                stats.words += len(text.split())
+                if rng.random() < self.vote_rate:
+                    rating = "up" if rng.random() < self.preference.p_up(prompt, text, finish) else "down"
+                    r = await http.post("/v1/feedback", json={"response_id": reply.id, "rating": rating, "user": user})
+                    r.raise_for_status()
+                    setattr(stats, rating, getattr(stats, rating) + 1)
+            except (APIError, httpx.HTTPError) as exc:
+                self.stats.errors += 1
+                log.warning("%s: request failed: %s", user, exc)
+                await asyncio.sleep(2.0)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.think_time_s)
+            except TimeoutError:
+                pass
