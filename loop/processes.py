@@ -31,26 +31,30 @@ def free_port(consecutive: int = 1) -> int:
 
 
 class Service:
-    """A service subprocess (``python -m <module>``) that is ready when ``ready_path`` answers 200.
+    """A service subprocess ``python -m <module> [args] <port_flag> <port>``, ready when an HTTP path answers 200.
 
-    Its output goes to ``log_path`` (read it when a test fails).
+    It runs in its own session, so a Ctrl-C meant for the caller does not reach it: the caller decides the
+    order of shutdown. Its output goes to ``log_path``.
     """
 
-    def __init__(self, module: str, port: int, env: dict[str, str], log_path: Path, args: list[str] = ()):
+    def __init__(self, module: str, port: int, env: dict[str, str], log_path: Path, args: list[str] = (),
+                 port_flag: str = "--port"):
         self.module, self.port, self.log_path = module, port, log_path
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **env}
-        self.args = list(args)
+        self.argv = [sys.executable, "-m", module, *args, port_flag, str(port)]
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_path: str = "/healthz", timeout_s: float = 240.0) -> "Service":
-        """Start the process and wait until ``ready_path`` answers 200. Raises RuntimeError otherwise."""
+    def launch(self) -> "Service":
+        """Start the process without waiting for it."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self
+
+    def wait_ready(self, ready_path: str = "/healthz", timeout_s: float = 240.0) -> "Service":
+        """Wait until ``ready_path`` answers 200. Raises RuntimeError if the process exits or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -63,6 +67,10 @@ class Service:
             time.sleep(1)
         self.stop()
         raise RuntimeError(f"{self.module} not ready after {timeout_s}s; see {self.log_path}")
+
+    def start(self, ready_path: str = "/healthz", timeout_s: float = 240.0) -> "Service":
+        """Launch and wait until ready (see :meth:`wait_ready`)."""
+        return self.launch().wait_ready(ready_path, timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
         """Send ``sig`` and wait for the process to exit (SIGKILL after ``timeout_s``)."""

@@ -1,0 +1,163 @@
+"""The main job: Kafka's topics, serving, the reward service and the PPO learner, driven by simulated users.
+
+    python -m loop.run [--duration SECONDS] [--users N] [--preference concise|verbose]
+
+(``./rlhf up`` installs everything, starts the local Kafka broker and runs this.) Simulated users chat
+through serving's HTTP API and vote by a hidden preference; the reward service learns it from their votes;
+the learner trains the policy with PPO and publishes versions that pass its gates; serving swaps them in.
+Every ``--progress-every`` seconds the terminal shows votes, the thumbs-up rate by policy version, KL and
+the versions promoted and rejected. Without ``--duration`` it runs until Ctrl-C. Stopping lets requests in
+flight finish, writes the report (table, PNG, JSON under ``<state>/reports``), then stops the services in
+order (serving flushes its spool, the learner and the reward service checkpoint): nothing is lost.
+Service logs: ``<state>/logs/``. Prometheus is started too when it is installed (URL printed).
+"""
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from loop import report
+from loop.preference import PREFERENCES
+from loop.processes import ROOT, Service
+from loop.users import SimulatedUsers, UserStats
+from proto.topics import KafkaSettings, ensure_topics
+from serving.settings import default_state_dir
+
+console = Console()
+MODEL = "smollm2-135m-instruct"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--users", type=int, default=4, help="concurrent simulated users (default 4)")
+    p.add_argument("--preference", choices=sorted(PREFERENCES), default="concise",
+                   help="the users' hidden taste (default: concise answers that end cleanly without repetition)")
+    p.add_argument("--max-tokens", type=int, default=64, help="completion budget of the users' requests")
+    p.add_argument("--batch-size", type=int, default=8, help="learner: responses per PPO iteration")
+    p.add_argument("--serving-port", type=int, default=8000)
+    p.add_argument("--reward-port", type=int, default=8001)
+    p.add_argument("--learner-port", type=int, default=8002, help="learner's /metrics port")
+    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress tables")
+    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus even if installed")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Unlabelled samples of a /metrics page by name ({} when the service does not answer)."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], served: float | None) -> Table:
+    """One progress snapshot: votes and thumbs-up rate by version, KL, versions promoted and rejected."""
+    t = Table(title=f"t={elapsed:.0f}s  votes={stats.votes}  errors={stats.errors}  serving v{served:.0f}"
+              if served is not None else f"t={elapsed:.0f}s  votes={stats.votes}", title_justify="left")
+    for col in ("policy version", "responses", "votes", "thumbs-up", "mean words"):
+        t.add_column(col, justify="right")
+    for v, s in sorted(stats.by_version.items()):
+        rate = "—" if s.up_rate is None else f"{s.up_rate:.0%}"
+        t.add_row(str(v), str(s.responses), str(s.up + s.down), rate, f"{s.words / max(s.responses, 1):.0f}")
+    g = learner.get
+    t.caption = (f"learner: iterations {g('rlhf_learner_iterations_total', 0):.0f}, KL {g('rlhf_learner_kl_to_reference', 0):.2f}"
+                 f" nats, β {g('rlhf_learner_kl_coef', 0):.3f}, reward mean {g('rlhf_learner_reward_mean', 0):+.2f}; "
+                 f"versions promoted {g('rlhf_learner_versions_published_total', 0):.0f}, "
+                 f"rejected {g('rlhf_learner_versions_rejected_total', 0):.0f}")
+    return t
+
+
+def start_prometheus(state: Path, log_dir: Path) -> subprocess.Popen | None:
+    """Prometheus with deploy/prometheus/prometheus.yml on 127.0.0.1:9090, if the binary is installed."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        console.print("prometheus not installed: skipping it (apt-get install prometheus)")
+        return None
+    with open(log_dir / "prometheus.log", "ab") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={ROOT / 'deploy/prometheus/prometheus.yml'}",
+             f"--storage.tsdb.path={state / 'prometheus'}", "--web.listen-address=127.0.0.1:9090"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    console.print("Prometheus: http://127.0.0.1:9090 (dashboard JSON: deploy/grafana/dashboard.json)")
+    return proc
+
+
+async def drive(args: argparse.Namespace, serving: Service, learner: Service, stop: asyncio.Event) -> UserStats:
+    """Run the simulated users until ``stop``, printing progress; return their statistics."""
+    users = SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), n_users=args.users,
+                           max_tokens=args.max_tokens, seed=args.seed)
+    started = time.monotonic()
+
+    async def show_progress() -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=args.progress_every)
+            except TimeoutError:
+                served = scrape(serving.url).get("rlhf_policy_version")
+                console.print(progress_table(time.monotonic() - started, users.stats, scrape(learner.url), served))
+
+    await asyncio.gather(users.run(stop), show_progress())
+    return users.stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = default_state_dir()
+    log_dir = state / "logs"
+    kafka = KafkaSettings()
+    ensure_topics(kafka)
+    env = {"RLHF_STATE_DIR": str(state), "HF_HUB_OFFLINE": "1"}
+    reward = Service("reward_service.cli", args.reward_port, env, log_dir / "reward_service.log")
+    serving = Service("serving.cli", args.serving_port, env, log_dir / "serving.log")
+    learner = Service("learner.cli", args.learner_port, env | {"RLHF_LEARNER_REWARD_URL": reward.url},
+                      log_dir / "learner.log", args=["ppo", "--batch-size", str(args.batch_size)],
+                      port_flag="--metrics-port")
+    services = [reward, serving, learner]
+    prometheus = None
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        console.print(f"starting the reward service, serving and the learner (logs in {log_dir}) ...")
+        for svc in services:
+            svc.launch()
+        reward.wait_ready()
+        serving.wait_ready("/readyz", timeout_s=600)
+        learner.wait_ready("/metrics", timeout_s=600)
+        if not args.no_prometheus:
+            prometheus = start_prometheus(state, log_dir)
+        console.print(f"chat: {serving.url}/  API: {serving.url}/v1  reward: {reward.url}  "
+                      f"learner metrics: {learner.url}/metrics")
+        console.print(f"{args.users} simulated users ({args.preference} preference) are chatting; "
+                      + (f"stopping after {args.duration:.0f}s" if args.duration else "Ctrl-C stops"))
+        if args.duration:
+            loop.call_later(args.duration, stop.set)
+        loop.run_until_complete(drive(args, serving, learner, stop))
+        console.print("stopping: writing the report ...")
+        png = report.write(report.collect(kafka, reward.url), state / "reports", console)
+        console.print(f"report: {png} and {png.with_suffix('.json')}")
+    finally:
+        for svc in (serving, learner, reward):  # serving first: no new events, its spool drains to Kafka
+            svc.stop()
+        if prometheus is not None:
+            prometheus.terminate()
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()
