@@ -58,4 +58,33 @@ fi
 
 # The bundled chat model, converted once.
 "$PY" "$ROOT/scripts/convert_model.py" "$STATE/models/SmolLM2-135M-Instruct"
+
+# Prometheus and promtool, Debian's package: deploy/prometheus is checked by promtool in tests/deploy, and
+# the main job starts a Prometheus when one is installed. Only the binaries are wanted, not the packaged
+# daemon: a policy-rc.d that refuses service starts (kept if one is there already) stops the postinst from
+# launching one on :9090, and any unit it enabled is stopped and disabled.
+if [ ! -x /usr/bin/promtool ]; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    log "installing Debian's prometheus package (prometheus, promtool)"
+    AS_ROOT=(); [ "$(id -u)" -eq 0 ] || AS_ROOT=(sudo)
+    (
+      if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${AS_ROOT[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${AS_ROOT[@]}" chmod 755 /usr/sbin/policy-rc.d
+        trap '"${AS_ROOT[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+      fi
+      "${AS_ROOT[@]}" apt-get update -q -o DPkg::Lock::Timeout=600
+      "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends prometheus
+    )
+    if [ -d /run/systemd/system ]; then
+      "${AS_ROOT[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+    else
+      "${AS_ROOT[@]}" service prometheus stop >/dev/null 2>&1 || true
+    fi
+  else
+    log "error: /usr/bin/promtool is missing and needs apt-get as root: run 'apt-get install prometheus' as"
+    log "       root; until then tests/deploy fails"
+  fi
+fi
+
 log "ready: state in $STATE"
