@@ -1,8 +1,9 @@
 """The loop's report: thumbs-up rate of served responses by policy version, KL, reward-model accuracy,
 versions promoted and rejected; a table on the terminal, a PNG plot and JSON.
 
-It reads the source of truth, not the main job's memory: every vote on the feedback topic (a user's later
-vote on a response replaces the earlier one), every record on the policy topic, and the reward service's
+It reads the source of truth, not the main job's memory: every served response on the interactions topic,
+every vote on the feedback topic (a user's later vote on a response replaces the earlier one), every
+record on the policy topic, and the reward service's
 ``/metrics``. So it works on demand, while the loop runs or after, and counts real users' votes too:
 
     python -m loop.report [--out DIR] [--reward-url http://127.0.0.1:8001]
@@ -33,6 +34,7 @@ class VersionRow:
 
     version: int
     status: str
+    responses: int = 0
     up: int = 0
     down: int = 0
     kl_to_reference: float | None = None
@@ -99,6 +101,10 @@ def collect(kafka: KafkaSettings, reward_url: str | None = None) -> Report:
     for version, rating in votes.values():
         counts[version][rating] += 1
 
+    served: dict[int, int] = defaultdict(int)
+    for r in _read_all(kafka, topics.INTERACTIONS):
+        served[wire.decode(topics.INTERACTIONS, r.value).policy_version] += 1
+
     policy = PolicyLog()
     for r in _read_all(kafka, topics.POLICY):
         policy.apply(r.key, wire.decode(topics.POLICY, r.value))
@@ -107,6 +113,8 @@ def collect(kafka: KafkaSettings, reward_url: str | None = None) -> Report:
     for v, rec in policy.versions.items():
         rows[v] = VersionRow(v, PolicyStatus.Name(rec.status).removeprefix("POLICY_STATUS_").lower(),
                              kl_to_reference=rec.kl_to_reference, reward_mean=rec.reward_mean, reason=rec.reason)
+    for v, n in served.items():
+        rows.setdefault(v, VersionRow(v, "unknown")).responses = n
     for v, by_rating in counts.items():
         row = rows.setdefault(v, VersionRow(v, "unknown"))
         row.up, row.down = by_rating[Rating.RATING_UP], by_rating[Rating.RATING_DOWN]
@@ -123,10 +131,10 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def table(report: Report) -> Table:
     """The report as a rich table, one row per policy version."""
     t = Table(title="Online RLHF: served policy versions")
-    for col in ("version", "status", "votes", "thumbs-up rate", "KL to ref (nats)", "RM score", "note"):
+    for col in ("version", "status", "responses", "votes", "thumbs-up rate", "KL to ref (nats)", "RM score", "note"):
         t.add_column(col)
     for r in report.versions:
-        t.add_row(str(r.version), r.status, str(r.up + r.down), _fmt(r.up_rate, ".1%"), _fmt(r.kl_to_reference),
+        t.add_row(str(r.version), r.status, str(r.responses), str(r.up + r.down), _fmt(r.up_rate, ".1%"), _fmt(r.kl_to_reference),
                   _fmt(r.reward_mean), r.reason[:60])
     t.caption = (f"promoted {len(report.promoted)}, rejected {len(report.rejected)}; reward model held-out "
                  f"accuracy {_fmt(report.reward_heldout_accuracy)}, AUC {_fmt(report.reward_heldout_auc)}")

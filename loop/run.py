@@ -40,6 +40,8 @@ MODEL = "smollm2-135m-instruct"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--until-version", type=int, metavar="N",
+                   help="stop once users got 3 responses from policy version N or later (with --duration as a cap)")
     p.add_argument("--users", type=int, default=4, help="concurrent simulated users (default 4)")
     p.add_argument("--preference", choices=sorted(PREFERENCES), default="concise",
                    help="the users' hidden taste (default: concise answers that end cleanly without repetition)")
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress tables")
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus even if installed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, help="services' data, logs and reports (default: the state dir)")
+    p.add_argument("--learner-arg", action="append", default=[], metavar="FLAG=VALUE",
+                   help="extra learner flag, e.g. --learner-arg=--gate-max-new-tokens=48 (repeatable)")
     return p.parse_args(argv)
 
 
@@ -101,6 +106,13 @@ async def drive(args: argparse.Namespace, serving: Service, learner: Service, st
                            max_tokens=args.max_tokens, seed=args.seed)
     started = time.monotonic()
 
+    async def watch_versions() -> None:
+        while args.until_version is not None and not stop.is_set():
+            if sum(s.responses for v, s in users.stats.by_version.items() if v >= args.until_version) >= 3:
+                console.print(f"users got responses from policy v{args.until_version}+: stopping")
+                stop.set()
+            await asyncio.sleep(1.0)
+
     async def show_progress() -> None:
         while not stop.is_set():
             try:
@@ -109,29 +121,35 @@ async def drive(args: argparse.Namespace, serving: Service, learner: Service, st
                 served = scrape(serving.url).get("rlhf_policy_version")
                 console.print(progress_table(time.monotonic() - started, users.stats, scrape(learner.url), served))
 
-    await asyncio.gather(users.run(stop), show_progress())
+    await asyncio.gather(users.run(stop), show_progress(), watch_versions())
     return users.stats
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = default_state_dir()
-    log_dir = state / "logs"
+    work = args.work_dir or default_state_dir()
+    log_dir = work / "logs"
     kafka = KafkaSettings()
     ensure_topics(kafka)
-    env = {"RLHF_STATE_DIR": str(state), "HF_HUB_OFFLINE": "1"}
+    model = default_state_dir() / "models" / "SmolLM2-135M-Instruct"
+    # Every service keeps its data under the work dir and starts from the bundled model.
+    env = {"RLHF_STATE_DIR": str(work), "HF_HUB_OFFLINE": "1", "RLHF_SERVING_MODEL_PATH": str(model),
+           "RLHF_REWARD_BASE_MODEL": str(model), "RLHF_LEARNER_INIT_MODEL": str(model)}
     reward = Service("reward_service.cli", args.reward_port, env, log_dir / "reward_service.log")
     serving = Service("serving.cli", args.serving_port, env, log_dir / "serving.log")
     learner = Service("learner.cli", args.learner_port, env | {"RLHF_LEARNER_REWARD_URL": reward.url},
-                      log_dir / "learner.log", args=["ppo", "--batch-size", str(args.batch_size)],
-                      port_flag="--metrics-port")
+                      log_dir / "learner.log", port_flag="--metrics-port",
+                      args=["ppo", "--batch-size", str(args.batch_size), *args.learner_arg])
     services = [reward, serving, learner]
     prometheus = None
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    signal.signal(signal.SIGTERM, _interrupt)  # while starting up, SIGTERM acts like Ctrl-C
     try:
         console.print(f"starting the reward service, serving and the learner (logs in {log_dir}) ...")
         for svc in services:
@@ -140,16 +158,19 @@ def main(argv: list[str] | None = None) -> None:
         serving.wait_ready("/readyz", timeout_s=600)
         learner.wait_ready("/metrics", timeout_s=600)
         if not args.no_prometheus:
-            prometheus = start_prometheus(state, log_dir)
+            prometheus = start_prometheus(work, log_dir)
         console.print(f"chat: {serving.url}/  API: {serving.url}/v1  reward: {reward.url}  "
                       f"learner metrics: {learner.url}/metrics")
         console.print(f"{args.users} simulated users ({args.preference} preference) are chatting; "
                       + (f"stopping after {args.duration:.0f}s" if args.duration else "Ctrl-C stops"))
+        # From here on Ctrl-C and SIGTERM stop the users gracefully: requests in flight finish.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         if args.duration:
             loop.call_later(args.duration, stop.set)
         loop.run_until_complete(drive(args, serving, learner, stop))
         console.print("stopping: writing the report ...")
-        png = report.write(report.collect(kafka, reward.url), state / "reports", console)
+        png = report.write(report.collect(kafka, reward.url), work / "reports", console)
         console.print(f"report: {png} and {png.with_suffix('.json')}")
     finally:
         for svc in (serving, learner, reward):  # serving first: no new events, its spool drains to Kafka

@@ -73,7 +73,7 @@ class PolicyEngine:
             worker_extension_cls="serving.worker_extension.PolicySwapExtension",
         )
         self.engine = AsyncLLM.from_engine_args(args)
-        metrics.POLICY_VERSION.set(self.version)
+        metrics.track_version(self.version)
 
     def shutdown(self) -> None:
         """Stop the engine processes."""
@@ -163,7 +163,7 @@ class PolicyEngine:
                     await self.engine.reset_prefix_cache()
                 metrics.SWAP_DURATION.observe(time.monotonic() - started)
                 self.version, self.checkpoint_path = version, Path(weights_path)
-                metrics.POLICY_VERSION.set(version)
+                metrics.track_version(version)
             finally:
                 self._admitting.set()
                 pause = time.monotonic() - paused_at

@@ -29,3 +29,15 @@ GENERATION_PAUSE = Histogram("rlhf_generation_pause_seconds",
                              buckets=_LATENCY_BUCKETS)
 SWAP_FAILURES = Counter("rlhf_swap_failures_total",
                         "Policy versions not swapped in: unresolvable URI, sha256 mismatch or failed load.")
+
+
+def track_version(version: int) -> None:
+    """Mark ``version`` as served and create its per-version series at 0.
+
+    Without the zero, the first vote on a new version creates the series and Prometheus' rate() and
+    increase() never count it.
+    """
+    POLICY_VERSION.set(version)
+    for rating in ("up", "down"):
+        FEEDBACK.labels(rating=rating, policy_version=str(version))
+    GENERATED_TOKENS.labels(policy_version=str(version))
