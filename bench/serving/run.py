@@ -42,7 +42,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -57,9 +56,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # also runnable as `python bench/serving/run.py`
     sys.path.insert(0, str(ROOT))
 
+from loop.processes import Service, free_port  # noqa: E402
 from proto.topics import KafkaSettings, ensure_topics  # noqa: E402
 from serving.settings import default_state_dir  # noqa: E402
-from tests.services import Service  # noqa: E402
 
 MODEL_NAME = "smollm2-135m-instruct"
 # One set of engine settings for both servers.
@@ -83,12 +82,6 @@ PROMPTS = [
     "Explain photosynthesis in simple terms.",
     "Write a polite email declining a meeting invitation.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_env(state: Path) -> dict[str, str]:
