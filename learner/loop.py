@@ -83,7 +83,7 @@ class Learner:
         m.POLICY_VERSION.set(self.state.parent_version)
         m.KL_COEF.set(self.trainer.kl_ctl.value)
         if self.state.pending is not None:
-            self._publish(self.state.pending)
+            self.publish(self.state.pending)
 
     # 1. which events are usable
     def _reject(self, event: Interaction) -> str | None:
@@ -150,13 +150,13 @@ class Learner:
         self.reader.commit(state.offsets)
         # 8. publish
         if state.pending is not None:
-            self._publish(state.pending)
+            self.publish(state.pending)
         self._observe(stats, batch.dropped, len(rollouts), time.monotonic() - start)
         log.info("iteration %d: %s", state.iteration, {k: round(v, 4) if isinstance(v, float) else v
                                                        for k, v in stats.as_dict().items()})
         return True
 
-    def _publish(self, pending: PendingPublication) -> PolicyVersion:
+    def publish(self, pending: PendingPublication) -> PolicyVersion:
         """Publish ``pending`` (idempotent by weights sha256); on promotion the new version becomes the parent."""
         state = self.state
         staged = self.store.stage(self.policy.lm, self.tokenizer)

@@ -152,10 +152,10 @@ class PPOTrainer:
                     (loss / cfg.gradient_accumulation_steps).backward()
                     with torch.no_grad():
                         entropy = ppo.masked_mean(ppo.entropy_of(logits), mask)
-                    for key, val in (("policy_loss", pg.loss), ("value_loss", vf), ("value_clip_fraction", vf_clip),
+                    for key, val in (("policy_loss", pg.loss.detach()), ("value_loss", vf.detach()), ("value_clip_fraction", vf_clip),
                                      ("entropy", entropy), ("clip_fraction", pg.clip_fraction),
                                      ("approx_kl", pg.approx_kl), ("ratio_mean", pg.ratio_mean)):
-                        sums[key] = sums.get(key, 0.0) + float(val)
+                        sums[key] = sums.get(key, 0.0) + val.item()
                     n_micro += 1
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
                 self.optimizer.step()

@@ -1,0 +1,164 @@
+"""Fixtures for the learner's tests on the real broker and the real bundled model.
+
+The reward service is replaced by a test double (``scorer``): a FastAPI app implementing the same
+``POST /v1/score`` contract with a fixed rule, shorter responses score higher. Kafka and the model are real.
+"""
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from pydantic import BaseModel
+
+from learner.config import LearnerConfig
+from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, response_logits
+from learner.ppo import logprobs_of
+from proto import topics, wire
+from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
+from proto.topics import KafkaSettings, ensure_topics
+
+# Prompts and canned replies; the replies' log-probs come from the real model, so they are genuine
+# behaviour log-probs of version 0 for these responses.
+CONVERSATIONS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Say hello.", "Hello! How can I help you today?"),
+    ("What is 2 + 2?", "2 + 2 = 4."),
+    ("Name a fruit.", "An apple is a fruit that grows on trees and comes in many colours."),
+]
+
+
+class _ScoreInput(BaseModel):
+    messages: list[dict[str, str]]
+    response: str
+
+
+class _ScoreRequest(BaseModel):
+    inputs: list[_ScoreInput]
+
+
+def score_rule(response: str) -> float:
+    """The double's reward: 1 for an empty reply, falling by 0.02 per character."""
+    return 1.0 - 0.02 * len(response)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def scorer():
+    """URL of a reward-service double (``POST /v1/score``) running in a thread of the test process."""
+    app = FastAPI()
+
+    @app.post("/v1/score")
+    def score(req: _ScoreRequest) -> dict:
+        return {"rewards": [score_rule(i.response) for i in req.inputs], "reward_model_version": 1}
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def fresh_kafka() -> KafkaSettings:
+    """Topics of their own for one test, so its learner sees only its own events and versions."""
+    settings = KafkaSettings(topic_prefix=f"test-learner-{uuid.uuid4().hex[:8]}.")
+    ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def make_interactions(model_dir):
+    """Factory: ``make_interactions(n, policy_version)`` → n Interaction events with real log-probs."""
+    tokenizer = load_tokenizer(model_dir)
+    lm = load_lm(model_dir, trainable=False)
+    encoded = []
+    for question, reply in CONVERSATIONS:
+        messages = [{"role": "user", "content": question}]
+        prompt = chat_prompt_ids(tokenizer, messages)
+        response = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        encoded.append((messages, prompt, reply, response))
+    batch = pack([e[1] for e in encoded], [e[3] for e in encoded])
+    with torch.no_grad():
+        logprobs = logprobs_of(response_logits(lm, batch), batch.responses)  # (4, T)
+    del lm
+
+    def make(n: int, policy_version: int = 0) -> list[Interaction]:
+        events = []
+        for i in range(n):
+            k = i % len(encoded)
+            messages, prompt, reply, response = encoded[k]
+            events.append(Interaction(
+                response_id=f"resp-{uuid.uuid4().hex[:12]}", created_at=wire.now(), model="smollm2",
+                policy_version=policy_version,
+                prompt_messages=[ChatMessage(**m) for m in messages], prompt_token_ids=prompt,
+                response_text=reply, response_token_ids=response,
+                behaviour_logprobs=logprobs[k, : len(response)].tolist(),
+                sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=64), finish_reason="stop",
+            ))
+        return events
+
+    return make
+
+
+def produce(settings: KafkaSettings, events: list) -> None:
+    """Put ``events`` on the interactions topic, acknowledged by the broker."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
+    for e in events:
+        producer.send(settings.topic(topics.INTERACTIONS), key=wire.key_of(e), value=wire.encode(e))
+    producer.flush()
+    producer.close()
+
+
+def read_policy_records(settings: KafkaSettings) -> list:
+    """Every PolicyVersion record on the policy topic, in order."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=2000)
+    tp = TopicPartition(settings.topic(topics.POLICY), 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    records = [wire.decode(topics.POLICY, r.value) for r in consumer]
+    consumer.close()
+    return records
+
+
+def committed_offset(settings: KafkaSettings, group_id: str) -> int | None:
+    """The consumer group's committed offset on the interactions topic's partition 0."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group_id,
+                             enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(settings.topic(topics.INTERACTIONS), 0))
+    finally:
+        consumer.close()
+
+
+def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **overrides) -> LearnerConfig:
+    """A learner sized for 2 shared CPU cores: batch 4, 16-token responses, one held-out and one canary prompt."""
+    prompts_dir.mkdir(parents=True, exist_ok=True)
+    (prompts_dir / "heldout.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "Suggest a name for a small bakery."}]}\n')
+    (prompts_dir / "canary.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "What is the capital of France?"}]}\n')
+    settings = dict(
+        state_dir=state_dir, reward_url=reward_url, metrics_port=0, group_id=f"learner-{uuid.uuid4().hex[:6]}",
+        batch_size=4, num_minibatches=2, ppo_epochs=2, response_length=16, gate_max_new_tokens=16,
+        heldout_prompts=prompts_dir / "heldout.jsonl", canary_prompts=prompts_dir / "canary.jsonl",
+        reward_tolerance=1.0, max_iterations=1,
+    )
+    settings.update(overrides)
+    return LearnerConfig(**settings)

@@ -1,0 +1,102 @@
+"""One learner iteration on the real broker and model: a promoted v1 that loads, and a rejected version."""
+
+import re
+
+import httpx
+import torch
+from kafka import KafkaProducer
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner.checkpoint import PendingPublication
+from learner.loop import Learner
+from proto import topics, wire
+from proto.events_pb2 import PolicyStatus, PolicyVersion
+from proto.policy_store import local_dir, weights_sha256
+from tests.learner.conftest import committed_offset, produce, read_policy_records, small_config
+
+PROMOTED, REJECTED = PolicyStatus.POLICY_STATUS_PROMOTED, PolicyStatus.POLICY_STATUS_REJECTED
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} missing from /metrics"
+    return float(match.group(1))
+
+
+def test_one_live_iteration_publishes_a_loadable_v1(tmp_path, fresh_kafka, scorer, make_interactions, model_dir):
+    events = make_interactions(4)
+    produce(fresh_kafka, events)
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts")
+    learner = Learner(cfg, fresh_kafka)
+    try:
+        state = learner.run()
+        metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
+        trained = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
+        # A restart repeating the publish (crash after it reached the topic) must not add a version.
+        again = learner.publish(PendingPublication(True, "", 0.0, 0.0, []))
+    finally:
+        learner.close()
+
+    records = read_policy_records(fresh_kafka)
+    assert [(r.version, r.status) for r in records] == [(1, PROMOTED)]
+    assert again.version == 1
+    record = records[0]
+    assert record.parent == 0 and record.kl_to_reference >= 0.0
+    assert record.checkpoint_uri.startswith("file://")
+    path = local_dir(record.checkpoint_uri)
+    assert path == (tmp_path / "state" / "policies" / "v1").resolve()
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
+        assert (path / name).is_file(), name
+    assert weights_sha256(path) == record.weights_sha256
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "value_head" in k]
+    assert not list(path.parent.glob(".staging-*"))
+
+    # The published directory is a plain HF model with the trained weights, different from version 0.
+    published = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    assert all(torch.equal(published[k], trained[k]) for k in published)
+    assert any(not torch.equal(published[k], base[k]) for k in published)
+    assert AutoTokenizer.from_pretrained(path).eos_token_id == 2
+
+    # Offsets: all four events consumed, checkpointed and committed to the group.
+    topic_key = f"{fresh_kafka.topic(topics.INTERACTIONS)}:0"
+    assert state.events_consumed == 4 and state.offsets == {topic_key: 4}
+    assert sorted(state.response_ids) == sorted(e.response_id for e in events)
+    assert committed_offset(fresh_kafka, cfg.group_id) == 4
+    assert state.parent_version == 1
+
+    assert _metric(metrics, "rlhf_learner_versions_published_total") >= 1
+    assert _metric(metrics, "rlhf_learner_policy_version") == 1
+    for name in ("reward_mean", "kl_to_reference", "kl_coef", "policy_loss", "value_loss", "entropy",
+                 "clip_fraction", "approx_kl", "explained_variance", "consumer_lag", "behaviour_logprob_gap"):
+        _metric(metrics, f"rlhf_learner_{name}")
+    assert _metric(metrics, "rlhf_learner_consumer_lag") == 0
+    assert _metric(metrics, "rlhf_learner_entropy") > 0
+    # The behaviour log-probs came from the same fp32 weights: before the update the ratio is 1.
+    assert _metric(metrics, "rlhf_learner_behaviour_logprob_gap") < 1e-3
+
+
+def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(tmp_path, fresh_kafka, scorer, make_interactions):
+    # Version 3 is already on the topic (rejected earlier), so the next number is 4, trained from 0.
+    producer = KafkaProducer(bootstrap_servers=fresh_kafka.bootstrap_servers, acks="all")
+    earlier = PolicyVersion(version=3, parent=0, status=REJECTED, reason="earlier run", created_at=wire.now())
+    producer.send(fresh_kafka.topic(topics.POLICY), key=wire.key_of(earlier), value=wire.encode(earlier)).get(30)
+    producer.close()
+    produce(fresh_kafka, make_interactions(4))
+    # Two tokens are too few for the canary "What is the capital of France?" to end with EOS.
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2)
+    learner = Learner(cfg, fresh_kafka)
+    try:
+        state = learner.run()
+    finally:
+        learner.close()
+
+    record = read_policy_records(fresh_kafka)[-1]
+    assert (record.version, record.status, record.parent) == (4, REJECTED, 0)
+    assert "canary" in record.reason and "not answered" in record.reason
+    assert record.checkpoint_uri == "" and len(record.weights_sha256) == 64
+    store = tmp_path / "state" / "policies"
+    assert not (store / "v4").exists() and not list(store.glob(".staging-*"))
+    assert state.parent_version == 0 and state.pending is None
