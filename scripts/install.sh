@@ -87,4 +87,25 @@ if [ ! -x /usr/bin/promtool ]; then
   fi
 fi
 
+# Browser test tools for tests/serving/test_chat_page.py: Debian's Chromium (a test tool's own browser
+# download fails on closed networks) and playwright-core, pinned in package.json, to drive it.
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    log "installing Debian's chromium"
+    AS_ROOT=(); [ "$(id -u)" -eq 0 ] || AS_ROOT=(sudo)
+    "${AS_ROOT[@]}" apt-get update -q -o DPkg::Lock::Timeout=600
+    "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 chromium
+  else
+    log "error: /usr/bin/chromium is missing and needs apt-get as root: run 'apt-get install chromium' as root;"
+    log "       until then tests/serving/test_chat_page.py fails"
+  fi
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  log "error: npm is missing: install Node.js 20+ with npm; until then tests/serving/test_chat_page.py fails"
+elif [ ! -f "$ROOT/node_modules/.package-lock.json" ] \
+     || [ "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]; then
+  log "installing playwright-core (package-lock.json)"
+  (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 log "ready: state in $STATE"

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto.topics import KafkaSettings
-from serving import admin, errors, metrics
+from serving import admin, errors, metrics, ui
 from serving.chat import Caller, ChatService
 from serving.engine import PolicyEngine
 from serving.event_log import EventLog
@@ -155,5 +155,6 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
     errors.install(app)
     app.include_router(router)
     app.include_router(admin.router)
+    ui.install(app)
     app.add_middleware(MetricsMiddleware)
     return app
