@@ -98,7 +98,7 @@ class Learner:
             return "malformed"
         if event.finish_reason == "abort":
             return "aborted"
-        if len(event.response_token_ids) > self.cfg.response_length:
+        if len(event.response_token_ids) > self.cfg.max_live_response_length:
             return "too_long"
         if self.state.parent_version - event.policy_version > self.cfg.max_staleness:
             return "stale"
@@ -119,12 +119,12 @@ class Learner:
                         self.state.parent_version)
                 for e, msgs, p, r in zip(events, messages, prompts, responses)]
 
-    def iterate(self, stop: threading.Event) -> bool:
-        """Run one iteration (steps 1–8 of the module docstring); False if ``stop`` was set while waiting."""
+    def iterate(self, stop: threading.Event) -> IterationStats | None:
+        """Run one iteration (steps 1–8 of the module docstring); None if ``stop`` was set while waiting."""
         cfg, state = self.cfg, self.state
         batch = self.reader.next_batch(cfg.batch_size, self._reject, cfg.poll_timeout_s, stop.is_set)
         if batch is None:
-            return False
+            return None
         start = time.monotonic()
         rollouts = self._rollouts(batch.events)
         # 3. score
@@ -154,7 +154,7 @@ class Learner:
         self._observe(stats, batch.dropped, len(rollouts), time.monotonic() - start)
         log.info("iteration %d: %s", state.iteration, {k: round(v, 4) if isinstance(v, float) else v
                                                        for k, v in stats.as_dict().items()})
-        return True
+        return stats
 
     def publish(self, pending: PendingPublication) -> PolicyVersion:
         """Publish ``pending`` (idempotent by weights sha256); on promotion the new version becomes the parent."""
@@ -215,7 +215,7 @@ class Learner:
         stop = stop or threading.Event()
         while (self.cfg.max_iterations is None or self.state.iteration < self.cfg.max_iterations) \
                 and not stop.is_set():
-            if not self.iterate(stop):
+            if self.iterate(stop) is None:
                 break
         return self.state
 

@@ -19,7 +19,7 @@ PROMOTED, REJECTED = PolicyStatus.POLICY_STATUS_PROMOTED, PolicyStatus.POLICY_ST
 
 
 def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))
 
@@ -78,25 +78,36 @@ def test_one_live_iteration_publishes_a_loadable_v1(tmp_path, fresh_kafka, score
     assert _metric(metrics, "rlhf_learner_behaviour_logprob_gap") < 1e-3
 
 
-def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(tmp_path, fresh_kafka, scorer, make_interactions):
-    # Version 3 is already on the topic (rejected earlier), so the next number is 4, trained from 0.
+def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(tmp_path, fresh_kafka, scorer, make_interactions,
+                                                              model_dir):
+    # Version 3 is promoted on the topic (its checkpoint: the bundled weights), so a fresh learner trains
+    # from 3, drops responses more than max_staleness=2 versions older, and numbers its candidate 4.
     producer = KafkaProducer(bootstrap_servers=fresh_kafka.bootstrap_servers, acks="all")
-    earlier = PolicyVersion(version=3, parent=0, status=REJECTED, reason="earlier run", created_at=wire.now())
-    producer.send(fresh_kafka.topic(topics.POLICY), key=wire.key_of(earlier), value=wire.encode(earlier)).get(30)
+    v3 = PolicyVersion(version=3, parent=0, status=PROMOTED, checkpoint_uri=model_dir.resolve().as_uri(),
+                       weights_sha256=weights_sha256(model_dir), created_at=wire.now())
+    producer.send(fresh_kafka.topic(topics.POLICY), key=wire.key_of(v3), value=wire.encode(v3)).get(30)
     producer.close()
-    produce(fresh_kafka, make_interactions(4))
+    stale, fresh = make_interactions(2, policy_version=0), make_interactions(4, policy_version=3)
+    produce(fresh_kafka, stale[:1] + fresh[:2] + stale[1:] + fresh[2:])
     # Two tokens are too few for the canary "What is the capital of France?" to end with EOS.
-    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2)
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2, max_staleness=2)
     learner = Learner(cfg, fresh_kafka)
     try:
         state = learner.run()
+        metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
     finally:
         learner.close()
 
+    assert sorted(state.response_ids) == sorted(e.response_id for e in fresh)
+    assert state.dropped == {"stale": 2} and state.events_consumed == 4
+    assert state.offsets == {f"{fresh_kafka.topic(topics.INTERACTIONS)}:0": 6}
+    assert _metric(metrics, 'rlhf_learner_rollouts_dropped_total{reason="stale"}') >= 2
+    assert _metric(metrics, "rlhf_learner_versions_rejected_total") >= 1
+
     record = read_policy_records(fresh_kafka)[-1]
-    assert (record.version, record.status, record.parent) == (4, REJECTED, 0)
+    assert (record.version, record.status, record.parent) == (4, REJECTED, 3)
     assert "canary" in record.reason and "not answered" in record.reason
     assert record.checkpoint_uri == "" and len(record.weights_sha256) == 64
     store = tmp_path / "state" / "policies"
     assert not (store / "v4").exists() and not list(store.glob(".staging-*"))
-    assert state.parent_version == 0 and state.pending is None
+    assert state.parent_version == 3 and state.pending is None
