@@ -1,0 +1,103 @@
+"""The HTTP API in-process (real model, real broker): scores, the error envelope, health and metrics."""
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from reward_service.api import build_app
+from reward_service.settings import Settings
+from tests.reward_service.conftest import fresh_topics
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(model_dir, kafka_settings, tmp_path_factory):
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("reward-api"), base_model=model_dir, max_batch_size=4, max_context_tokens=96
+    )
+    app = build_app(settings, fresh_topics(kafka_settings, "api"))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield client
+
+
+def error_of(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_score_returns_one_reward_per_input_and_the_version(client):
+    inputs = [{"messages": MESSAGES, "response": r} for r in ("Paris.", "Lyon.", "I do not know")]
+    reply = client.post("/v1/score", json={"inputs": inputs})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["reward_model_version"] == 0
+    # Version 0 is the SFT backbone with a zero head: no opinion yet.
+    assert body["rewards"] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "param"),
+    [
+        ([{"messages": MESSAGES}], "inputs[0].response"),
+        ([{"messages": "hello", "response": "hi"}], "inputs[0].messages"),
+        ([{"messages": [], "response": "hi"}], "inputs[0].messages"),
+        ([{"messages": [{"role": "robot", "content": "x"}], "response": "hi"}], "inputs[0].messages[0].role"),
+    ],
+)
+def test_schema_errors_are_422_naming_the_field(client, inputs, param):
+    error = error_of(client.post("/v1/score", json={"inputs": inputs}), 422)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert param in error["message"]
+
+
+def test_body_that_is_not_json_is_422(client):
+    error = error_of(client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert error["code"] == "invalid_value"
+
+
+def test_empty_and_oversize_batches_are_400(client):
+    error = error_of(client.post("/v1/score", json={"inputs": []}), 400)
+    assert (error["param"], error["code"]) == ("inputs", "empty_batch")
+    five = [{"messages": MESSAGES, "response": "Paris."}] * 5
+    error = error_of(client.post("/v1/score", json={"inputs": five}), 400)
+    assert (error["param"], error["code"]) == ("inputs", "batch_too_large")
+    assert "at most 4" in error["message"]
+
+
+def test_input_longer_than_the_context_is_400_naming_it(client):
+    inputs = [{"messages": MESSAGES, "response": "Paris."}, {"messages": MESSAGES, "response": "very " * 200}]
+    error = error_of(client.post("/v1/score", json={"inputs": inputs}), 400)
+    assert (error["param"], error["code"]) == ("inputs[1]", "context_length_exceeded")
+    assert "at most 96" in error["message"]
+
+
+def test_unknown_path_is_404_in_the_envelope(client):
+    assert error_of(client.get("/v1/nothing"), 404)["type"] == "not_found_error"
+
+
+def test_health_readiness_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "reward_model_version": 0}
+    client.post("/v1/score", json={"inputs": [{"messages": MESSAGES, "response": "Paris."}]})
+    text = client.get("/metrics").text
+    for name in (
+        'rlhf_reward_score_count{source="http"}',
+        'rlhf_reward_scoring_latency_seconds_count{source="http"}',
+        "rlhf_reward_model_version 0.0",
+        "rlhf_reward_pending_joins",
+        "rlhf_reward_heldout_accuracy",
+        "rlhf_reward_heldout_auc",
+        "rlhf_reward_training_examples_seen",
+        "rlhf_reward_malformed_events_total",
+        "rlhf_reward_unknown_response_ids_total",
+    ):
+        assert name in text, name
