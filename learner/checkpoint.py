@@ -72,8 +72,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save(root: Path, state: LearnerState, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer,
-         keep: int) -> Path:
+def save(
+    root: Path, state: LearnerState, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer, keep: int
+) -> Path:
     """Write a checkpoint of ``state``, ``policy`` and ``optimizer`` atomically; keep the newest ``keep``.
 
     Returns the checkpoint directory. Raises ``OSError`` on a write failure (no partial checkpoint is left

@@ -31,7 +31,10 @@ def load_prompts(path: Path) -> list[list[dict[str, str]]]:
 
 
 def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-response Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t)), nats: ``(B, T, V)`` logits twice, ``(B, T)`` mask → ``(B,)``."""
+    """Per-response Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t)) in nats.
+
+    ``logits``, ``ref_logits``: ``(B, T, V)``; ``mask``: ``(B, T)`` bool. Returns ``(B,)`` float32, ≥ 0.
+    """
     logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)  # (B, T, V)
     per_token = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T)
     return (per_token * mask).sum(1)  # (B,)
@@ -50,8 +53,12 @@ class GateReport:
     answers: list[str]
 
 
-def greedy_answers(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]]],
-                   max_new_tokens: int) -> tuple[list[list[int]], list[list[int]]]:
+def greedy_answers(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict[str, str]]],
+    max_new_tokens: int,
+) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt token ids and greedy answer token ids (through EOS when it comes) for each chat prompt."""
     prompt_ids = [chat_prompt_ids(tokenizer, m) for m in prompts]
     return prompt_ids, generate(lm, prompt_ids, max_new_tokens, tokenizer.eos_token_id, greedy=True)
@@ -75,7 +82,11 @@ def evaluate(
     reward_tolerance: float,
     max_new_tokens: int,
 ) -> GateReport:
-    """Run the three gates on candidate ``lm``; ``baseline_answers`` are the current version's held-out answers."""
+    """Run the three gates on candidate ``lm``.
+
+    ``baseline_answers``: the current version's greedy answers to ``heldout`` (text). Raises what
+    :meth:`RewardClient.score` raises when the reward service cannot be reached.
+    """
     failures = []
     prompt_ids, answers = greedy_answers(lm, tokenizer, heldout, max_new_tokens)
     texts = answer_texts(tokenizer, answers)
@@ -92,8 +103,10 @@ def evaluate(
     reward_mean = sum(rewards[: len(heldout)]) / len(heldout)
     baseline_mean = sum(rewards[len(heldout) :]) / len(heldout)
     if reward_mean < baseline_mean - reward_tolerance:
-        failures.append(f"held-out reward {reward_mean:.3f} is worse than current {baseline_mean:.3f} "
-                        f"beyond tolerance {reward_tolerance}")
+        failures.append(
+            f"held-out reward {reward_mean:.3f} is worse than current {baseline_mean:.3f} "
+            f"beyond tolerance {reward_tolerance}"
+        )
 
     # 3. canaries still answered: non-empty and ending with EOS within the budget
     _, canary_answers = greedy_answers(lm, tokenizer, canaries, max_new_tokens)
@@ -102,5 +115,7 @@ def evaluate(
         text = tokenizer.decode(answer, skip_special_tokens=True).strip()
         if not text or answer[-1] != eos:
             prompt = messages[-1]["content"]
-            failures.append(f"canary {prompt!r} not answered (empty or no EOS within {max_new_tokens} tokens)")
+            failures.append(
+                f"canary {prompt!r} not answered (empty or no EOS within {max_new_tokens} tokens)"
+            )
     return GateReport(not failures, "; ".join(failures), kl, reward_mean, baseline_mean, texts)

@@ -65,16 +65,20 @@ class Learner:
             self.trainer.kl_ctl.value = self.state.kl_coef
             log.info("resumed from %s at iteration %d", resume, self.state.iteration)
         else:
-            # Start from what serving serves now (live data comes from it): pinned, else latest promoted, else 0.
+            # Start from what serving serves (live data comes from it): pinned, else latest promoted, else 0.
             policies = self.policy_topic.read()
             version = policies.target()
-            path = self.store.local_dir(policies.versions[version].checkpoint_uri) if version else cfg.init_model
+            path = (
+                self.store.local_dir(policies.versions[version].checkpoint_uri) if version else cfg.init_model
+            )
             self.policy = PolicyWithValueHead(load_lm(path, trainable=True))
             self.trainer = PPOTrainer(cfg, self.policy, self.reference)
             self.state = LearnerState(kl_coef=cfg.init_kl_coef, parent_version=version)
             log.info("starting from version %d (%s)", version, path)
         if self.state.baseline_answers is None:
-            _, answers = gates.greedy_answers(self.policy.lm, self.tokenizer, self.heldout, cfg.gate_max_new_tokens)
+            _, answers = gates.greedy_answers(
+                self.policy.lm, self.tokenizer, self.heldout, cfg.gate_max_new_tokens
+            )
             self.state.baseline_answers = gates.answer_texts(self.tokenizer, answers)
 
         self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets)
@@ -108,16 +112,34 @@ class Learner:
     def _rollouts(self, events: list[Interaction]) -> list[Rollout]:
         messages = [[{"role": msg.role, "content": msg.content} for msg in e.prompt_messages] for e in events]
         if self.cfg.mode == "live":
-            return [Rollout(e.response_id, msgs, list(e.prompt_token_ids), list(e.response_token_ids),
-                            e.response_text, e.policy_version, list(e.behaviour_logprobs))
-                    for e, msgs in zip(events, messages)]
+            return [
+                Rollout(
+                    e.response_id,
+                    msgs,
+                    list(e.prompt_token_ids),
+                    list(e.response_token_ids),
+                    e.response_text,
+                    e.policy_version,
+                    list(e.behaviour_logprobs),
+                )
+                for e, msgs in zip(events, messages)
+            ]
         prompts = [list(e.prompt_token_ids) for e in events]
         torch.manual_seed(self.cfg.seed + self.state.iteration)  # a restarted iteration samples the same
-        responses = generate(self.policy.lm, prompts, self.cfg.response_length, self.tokenizer.eos_token_id,
-                             greedy=False)
-        return [Rollout(e.response_id, msgs, p, r, self.tokenizer.decode(r, skip_special_tokens=True),
-                        self.state.parent_version)
-                for e, msgs, p, r in zip(events, messages, prompts, responses)]
+        responses = generate(
+            self.policy.lm, prompts, self.cfg.response_length, self.tokenizer.eos_token_id, greedy=False
+        )
+        return [
+            Rollout(
+                e.response_id,
+                msgs,
+                p,
+                r,
+                self.tokenizer.decode(r, skip_special_tokens=True),
+                self.state.parent_version,
+            )
+            for e, msgs, p, r in zip(events, messages, prompts, responses)
+        ]
 
     def iterate(self, stop: threading.Event) -> IterationStats | None:
         """Run one iteration (steps 1–8 of the module docstring); None if ``stop`` was set while waiting."""
@@ -140,11 +162,21 @@ class Learner:
         state.response_ids = [r.response_id for r in rollouts]
         # 5. gates, as a pending verdict
         if state.iteration % cfg.publish_every == 0:
-            report = gates.evaluate(self.policy.lm, self.reference, self.tokenizer, self.reward, self.heldout,
-                                    state.baseline_answers, self.canaries, cfg.kl_budget, cfg.reward_tolerance,
-                                    cfg.gate_max_new_tokens)
-            state.pending = PendingPublication(report.passed, report.reason, report.kl, report.reward_mean,
-                                               report.answers)
+            report = gates.evaluate(
+                self.policy.lm,
+                self.reference,
+                self.tokenizer,
+                self.reward,
+                self.heldout,
+                state.baseline_answers,
+                self.canaries,
+                cfg.kl_budget,
+                cfg.reward_tolerance,
+                cfg.gate_max_new_tokens,
+            )
+            state.pending = PendingPublication(
+                report.passed, report.reason, report.kl, report.reward_mean, report.answers
+            )
         # 6. checkpoint, 7. then commit
         checkpoint.save(cfg.checkpoint_dir, state, self.policy, self.trainer.optimizer, cfg.keep_checkpoints)
         self.reader.commit(state.offsets)
@@ -152,12 +184,15 @@ class Learner:
         if state.pending is not None:
             self.publish(state.pending)
         self._observe(stats, batch.dropped, len(rollouts), time.monotonic() - start)
-        log.info("iteration %d: %s", state.iteration, {k: round(v, 4) if isinstance(v, float) else v
-                                                       for k, v in stats.as_dict().items()})
+        log.info(
+            "iteration %d: %s",
+            state.iteration,
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.as_dict().items()},
+        )
         return stats
 
     def publish(self, pending: PendingPublication) -> PolicyVersion:
-        """Publish ``pending`` (idempotent by weights sha256); on promotion the new version becomes the parent."""
+        """Publish ``pending``, idempotent by the weights' sha256; a promoted version becomes the parent."""
         state = self.state
         staged = self.store.stage(self.policy.lm, self.tokenizer)
         policies = self.policy_topic.read()
@@ -169,9 +204,14 @@ class Learner:
             else:
                 self.store.discard(staged)
         else:
-            record = PolicyVersion(version=policies.next_version(), parent=state.parent_version,
-                                   weights_sha256=staged.sha256, created_at=wire.now(),
-                                   kl_to_reference=pending.kl, reward_mean=pending.reward_mean)
+            record = PolicyVersion(
+                version=policies.next_version(),
+                parent=state.parent_version,
+                weights_sha256=staged.sha256,
+                created_at=wire.now(),
+                kl_to_reference=pending.kl,
+                reward_mean=pending.reward_mean,
+            )
             if pending.passed:
                 record.status = PolicyStatus.POLICY_STATUS_PROMOTED
                 record.checkpoint_uri = self.store.commit(staged, record.version)
@@ -180,7 +220,9 @@ class Learner:
                 record.reason = pending.reason
                 self.store.discard(staged)
             self.policy_topic.publish(record)
-            log.info("published version %d: %s %s", record.version, PolicyStatus.Name(record.status), record.reason)
+            log.info(
+                "published version %d: %s %s", record.version, PolicyStatus.Name(record.status), record.reason
+            )
         if record.status == PolicyStatus.POLICY_STATUS_PROMOTED:
             state.parent_version = record.version
             state.baseline_answers = pending.answers
@@ -191,7 +233,9 @@ class Learner:
         state.pending = None
         return record
 
-    def _observe(self, stats: IterationStats, dropped: dict[str, int], n_rollouts: int, duration_s: float) -> None:
+    def _observe(
+        self, stats: IterationStats, dropped: dict[str, int], n_rollouts: int, duration_s: float
+    ) -> None:
         m.REWARD_MEAN.set(stats.reward_mean)
         m.KL_TO_REFERENCE.set(stats.kl)
         m.KL_COEF.set(stats.kl_coef)
@@ -213,8 +257,9 @@ class Learner:
     def run(self, stop: threading.Event | None = None) -> LearnerState:
         """Iterate until ``cfg.max_iterations`` (counted across restarts) or until ``stop`` is set."""
         stop = stop or threading.Event()
-        while (self.cfg.max_iterations is None or self.state.iteration < self.cfg.max_iterations) \
-                and not stop.is_set():
+        while (
+            self.cfg.max_iterations is None or self.state.iteration < self.cfg.max_iterations
+        ) and not stop.is_set():
             if self.iterate(stop) is None:
                 break
         return self.state

@@ -20,7 +20,9 @@ How to read them (see also learner/README.md):
 from prometheus_client import Counter, Gauge, Histogram
 
 REWARD_MEAN = Gauge("rlhf_learner_reward_mean", "Mean reward-model score of the last batch")
-KL_TO_REFERENCE = Gauge("rlhf_learner_kl_to_reference", "Mean per-response KL(pi||pi_ref) of the last batch, nats")
+KL_TO_REFERENCE = Gauge(
+    "rlhf_learner_kl_to_reference", "Mean per-response KL(pi||pi_ref) of the last batch, nats"
+)
 KL_COEF = Gauge("rlhf_learner_kl_coef", "Current beta of the KL penalty")
 POLICY_LOSS = Gauge("rlhf_learner_policy_loss", "Mean clipped-surrogate loss of the last iteration")
 VALUE_LOSS = Gauge("rlhf_learner_value_loss", "Mean clipped value loss of the last iteration")
@@ -28,14 +30,23 @@ ENTROPY = Gauge("rlhf_learner_entropy", "Mean per-token policy entropy of the la
 CLIP_FRACTION = Gauge("rlhf_learner_clip_fraction", "Share of tokens whose importance ratio was clipped")
 APPROX_KL = Gauge("rlhf_learner_approx_kl", "k3 estimate of KL(pi_old||pi_theta) per token, nats")
 EXPLAINED_VARIANCE = Gauge("rlhf_learner_explained_variance", "1 - Var[R-V]/Var[R] of the value head")
-BEHAVIOUR_GAP = Gauge("rlhf_learner_behaviour_logprob_gap",
-                      "Mean |log pi_theta - log pi_behaviour| of live tokens before the update, nats")
-STEP_DURATION = Histogram("rlhf_learner_step_duration_seconds", "Wall time of one PPO iteration",
-                          buckets=(1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640))
-CONSUMER_LAG = Gauge("rlhf_learner_consumer_lag", "Interaction events not yet consumed (end offset - position)")
+BEHAVIOUR_GAP = Gauge(
+    "rlhf_learner_behaviour_logprob_gap",
+    "Mean |log pi_theta - log pi_behaviour| of live tokens before the update, nats",
+)
+STEP_DURATION = Histogram(
+    "rlhf_learner_step_duration_seconds",
+    "Wall time of one PPO iteration",
+    buckets=(1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
+)
+CONSUMER_LAG = Gauge(
+    "rlhf_learner_consumer_lag", "Interaction events not yet consumed (end offset - position)"
+)
 POLICY_VERSION = Gauge("rlhf_learner_policy_version", "Version the learner trains from (last promoted)")
 ITERATIONS = Counter("rlhf_learner_iterations", "PPO iterations completed")
 ROLLOUTS = Counter("rlhf_learner_rollouts", "Responses trained on")
-ROLLOUTS_DROPPED = Counter("rlhf_learner_rollouts_dropped", "Interaction events skipped, by reason", ["reason"])
+ROLLOUTS_DROPPED = Counter(
+    "rlhf_learner_rollouts_dropped", "Interaction events skipped, by reason", ["reason"]
+)
 VERSIONS_PUBLISHED = Counter("rlhf_learner_versions_published", "Policy versions promoted and published")
 VERSIONS_REJECTED = Counter("rlhf_learner_versions_rejected", "Candidate versions rejected by a gate")

@@ -41,7 +41,9 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
 def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
     """The chat-templated prompt of ``messages``, ending with the assistant header (what serving feeds)."""
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    encoded = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     return list(encoded["input_ids"])
 
 
@@ -62,8 +64,14 @@ class TokenBatch:
 
     def __getitem__(self, rows: torch.Tensor) -> "TokenBatch":
         """The sub-batch of ``rows`` (a ``(b,)`` index tensor)."""
-        return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows],
-                          self.responses[rows], self.mask[rows], self.prompt_width)
+        return TokenBatch(
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.position_ids[rows],
+            self.responses[rows],
+            self.mask[rows],
+            self.prompt_width,
+        )
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0) -> TokenBatch:
@@ -92,8 +100,12 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0) 
 
 def response_hidden(lm: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
     """Final hidden states at the positions that predict each response token: ``(B, T, H)`` float32."""
-    out = lm.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids, use_cache=False)
+    out = lm.base_model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
     P, T = batch.prompt_width, batch.responses.shape[1]
     return out.last_hidden_state[:, P - 1 : P - 1 + T]  # (B, T, H)
 
@@ -140,8 +152,10 @@ def generate(
     for i, p in enumerate(prompts):
         input_ids[i, P - len(p) :] = torch.tensor(p)
         attention_mask[i, P - len(p) :] = 1
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=1.0, top_k=0,
-                              top_p=1.0, eos_token_id=eos_id, pad_token_id=eos_id)
+    sampling = {} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=eos_id, **sampling
+    )
     sequences = lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     responses = []
     for row in sequences[:, P:].tolist():

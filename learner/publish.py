@@ -119,8 +119,12 @@ class PolicyTopic:
     def __init__(self, settings: KafkaSettings):
         self.settings = settings
         self.topic = settings.topic(topics.POLICY)
-        self._producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                       enable_idempotence=True, client_id="rlhf-learner-policy")
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            client_id="rlhf-learner-policy",
+        )
 
     def read(self, timeout_s: float = 30.0) -> PolicyLog:
         """The topic folded from its beginning to its current end (every version's latest record, the pin).
@@ -129,7 +133,9 @@ class PolicyTopic:
         """
         consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
         try:
-            parts = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
+            parts = [
+                TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())
+            ]
             if not parts:
                 raise RuntimeError(f"topic {self.topic} does not exist (run rlhf-topics)")
             consumer.assign(parts)
@@ -150,7 +156,9 @@ class PolicyTopic:
 
     def publish(self, record: PolicyVersion, timeout_s: float = 30.0) -> None:
         """Append ``record`` keyed by its version; returns once the broker acknowledged it (acks=all)."""
-        self._producer.send(self.topic, key=wire.key_of(record), value=wire.encode(record)).get(timeout=timeout_s)
+        self._producer.send(self.topic, key=wire.key_of(record), value=wire.encode(record)).get(
+            timeout=timeout_s
+        )
 
     def close(self) -> None:
         self._producer.flush()

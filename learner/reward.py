@@ -36,8 +36,12 @@ class RewardClient:
     def __init__(self, base_url: str, timeout_s: float = 60.0):
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
 
-    @retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(6),
-           wait=wait_exponential(multiplier=0.5, max=10), reraise=True)
+    @retry(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(6),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        reraise=True,
+    )
     def score(self, items: list[ScoreRequest]) -> tuple[list[float], int]:
         """Return ``(rewards, reward_model_version)`` for ``items``, one float per item."""
         body = {"inputs": [{"messages": it.messages, "response": it.response} for it in items]}

@@ -81,7 +81,9 @@ class InteractionReader:
         # Position just past the last event handed out, per partition: what a checkpoint records.
         self._consumed = {offsets_key(tp): self.consumer.position(tp) for tp in self.partitions}
 
-    def next_batch(self, n: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False) -> Batch | None:
+    def next_batch(
+        self, n: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False
+    ) -> Batch | None:
         """Block until ``n`` events pass ``reject`` (a function returning None to accept, else a reason).
 
         Rejected and undecodable events are skipped and counted in ``Batch.dropped``; they count as
@@ -117,8 +119,13 @@ class InteractionReader:
 
     def commit(self, offsets: dict[str, int]) -> None:
         """Commit ``offsets`` (from a checkpoint now on disk) to the consumer group."""
-        self.consumer.commit({tp: OffsetAndMetadata(offsets[offsets_key(tp)], "", -1)
-                              for tp in self.partitions if offsets_key(tp) in offsets})
+        self.consumer.commit(
+            {
+                tp: OffsetAndMetadata(offsets[offsets_key(tp)], "", -1)
+                for tp in self.partitions
+                if offsets_key(tp) in offsets
+            }
+        )
 
     def lag(self) -> int:
         """Events on the topic not yet consumed by the learner (end offsets minus consumed)."""

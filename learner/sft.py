@@ -61,8 +61,9 @@ def encode(tokenizer, messages: list[dict[str, str]], reply: str, max_length: in
     return ids, min(len(response), len(ids))
 
 
-def response_only_loss(logits: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor,
-                       response_lengths: torch.Tensor) -> torch.Tensor:
+def response_only_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor, response_lengths: torch.Tensor
+) -> torch.Tensor:
     """Mean next-token cross-entropy over the reply tokens of right-padded sequences.
 
     ``logits``: ``(B, L, V)``; ``input_ids``: ``(B, L)``; ``lengths``, ``response_lengths``: ``(B,)``.
@@ -71,7 +72,9 @@ def response_only_loss(logits: torch.Tensor, input_ids: torch.Tensor, lengths: t
     """
     nll = -logprobs_of(logits[:, :-1], input_ids[:, 1:])  # (B, L-1)
     positions = torch.arange(1, input_ids.shape[1])[None, :]  # (1, L-1) index of the predicted token
-    is_reply = (positions >= (lengths - response_lengths)[:, None]) & (positions < lengths[:, None])  # (B, L-1)
+    is_reply = (positions >= (lengths - response_lengths)[:, None]) & (
+        positions < lengths[:, None]
+    )  # (B, L-1)
     return (nll * is_reply).sum() / is_reply.sum()
 
 
@@ -86,7 +89,9 @@ def train(cfg: SFTConfig) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.base_model)
     lm = load_lm(cfg.base_model, trainable=True)
-    examples = [encode(tokenizer, msgs, reply, cfg.max_length) for msgs, reply in read_demonstrations(cfg.data)]
+    examples = [
+        encode(tokenizer, msgs, reply, cfg.max_length) for msgs, reply in read_demonstrations(cfg.data)
+    ]
     optimizer = torch.optim.AdamW(lm.parameters(), lr=cfg.learning_rate)
     rng = random.Random(cfg.seed)
     for epoch in range(cfg.epochs):
@@ -111,4 +116,3 @@ def train(cfg: SFTConfig) -> Path:
     tokenizer.save_pretrained(tmp)
     os.rename(tmp, cfg.output_dir)
     return cfg.output_dir
-

@@ -144,17 +144,25 @@ class PPOTrainer:
                     mask = exp.batch.mask[rows]  # (b, T)
                     logits, values = self.policy(exp.batch[rows])  # (b, T, V), (b, T)
                     logprobs = ppo.logprobs_of(logits, exp.batch.responses[rows])  # (b, T)
-                    pg = ppo.policy_loss(logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask,
-                                         cfg.clip_range)
-                    vf, vf_clip = ppo.value_loss(values, exp.values[rows], exp.returns[rows], mask,
-                                                 cfg.clip_range_value)
+                    pg = ppo.policy_loss(
+                        logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, cfg.clip_range
+                    )
+                    vf, vf_clip = ppo.value_loss(
+                        values, exp.values[rows], exp.returns[rows], mask, cfg.clip_range_value
+                    )
                     loss = pg.loss + cfg.vf_coef * vf
                     (loss / cfg.gradient_accumulation_steps).backward()
                     with torch.no_grad():
                         entropy = ppo.masked_mean(ppo.entropy_of(logits), mask)
-                    for key, val in (("policy_loss", pg.loss.detach()), ("value_loss", vf.detach()), ("value_clip_fraction", vf_clip),
-                                     ("entropy", entropy), ("clip_fraction", pg.clip_fraction),
-                                     ("approx_kl", pg.approx_kl), ("ratio_mean", pg.ratio_mean)):
+                    for key, val in (
+                        ("policy_loss", pg.loss.detach()),
+                        ("value_loss", vf.detach()),
+                        ("value_clip_fraction", vf_clip),
+                        ("entropy", entropy),
+                        ("clip_fraction", pg.clip_fraction),
+                        ("approx_kl", pg.approx_kl),
+                        ("ratio_mean", pg.ratio_mean),
+                    ):
                         sums[key] = sums.get(key, 0.0) + val.item()
                     n_micro += 1
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))

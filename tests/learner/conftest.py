@@ -103,14 +103,21 @@ def make_interactions(model_dir):
         for i in range(n):
             k = i % len(encoded)
             messages, prompt, reply, response = encoded[k]
-            events.append(Interaction(
-                response_id=f"resp-{uuid.uuid4().hex[:12]}", created_at=wire.now(), model="smollm2",
-                policy_version=policy_version,
-                prompt_messages=[ChatMessage(**m) for m in messages], prompt_token_ids=prompt,
-                response_text=reply, response_token_ids=response,
-                behaviour_logprobs=logprobs[k, : len(response)].tolist(),
-                sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=64), finish_reason="stop",
-            ))
+            events.append(
+                Interaction(
+                    response_id=f"resp-{uuid.uuid4().hex[:12]}",
+                    created_at=wire.now(),
+                    model="smollm2",
+                    policy_version=policy_version,
+                    prompt_messages=[ChatMessage(**m) for m in messages],
+                    prompt_token_ids=prompt,
+                    response_text=reply,
+                    response_token_ids=response,
+                    behaviour_logprobs=logprobs[k, : len(response)].tolist(),
+                    sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=64),
+                    finish_reason="stop",
+                )
+            )
         return events
 
     return make
@@ -118,7 +125,9 @@ def make_interactions(model_dir):
 
 def produce(settings: KafkaSettings, events: list) -> None:
     """Put ``events`` on the interactions topic, acknowledged by the broker."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    )
     for e in events:
         producer.send(settings.topic(topics.INTERACTIONS), key=wire.key_of(e), value=wire.encode(e))
     producer.flush()
@@ -127,8 +136,12 @@ def produce(settings: KafkaSettings, events: list) -> None:
 
 def read_policy_records(settings: KafkaSettings) -> list:
     """Every PolicyVersion record on the policy topic, in order."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=2000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+    )
     tp = TopicPartition(settings.topic(topics.POLICY), 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
@@ -139,8 +152,9 @@ def read_policy_records(settings: KafkaSettings) -> list:
 
 def committed_offset(settings: KafkaSettings, group_id: str) -> int | None:
     """The consumer group's committed offset on the interactions topic's partition 0."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group_id,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
     try:
         return consumer.committed(TopicPartition(settings.topic(topics.INTERACTIONS), 0))
     finally:
@@ -148,17 +162,28 @@ def committed_offset(settings: KafkaSettings, group_id: str) -> int | None:
 
 
 def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **overrides) -> LearnerConfig:
-    """A learner sized for 2 shared CPU cores: batch 4, 16-token responses, one held-out and one canary prompt."""
+    """A learner sized for 2 shared cores: batch 4, 16-token responses, one held-out and one canary prompt."""
     prompts_dir.mkdir(parents=True, exist_ok=True)
     (prompts_dir / "heldout.jsonl").write_text(
-        '{"messages": [{"role": "user", "content": "Suggest a name for a small bakery."}]}\n')
+        '{"messages": [{"role": "user", "content": "Suggest a name for a small bakery."}]}\n'
+    )
     (prompts_dir / "canary.jsonl").write_text(
-        '{"messages": [{"role": "user", "content": "What is the capital of France?"}]}\n')
+        '{"messages": [{"role": "user", "content": "What is the capital of France?"}]}\n'
+    )
     settings = dict(
-        state_dir=state_dir, reward_url=reward_url, metrics_port=0, group_id=f"learner-{uuid.uuid4().hex[:6]}",
-        batch_size=4, num_minibatches=2, ppo_epochs=2, response_length=16, gate_max_new_tokens=16,
-        heldout_prompts=prompts_dir / "heldout.jsonl", canary_prompts=prompts_dir / "canary.jsonl",
-        reward_tolerance=1.0, max_iterations=1,
+        state_dir=state_dir,
+        reward_url=reward_url,
+        metrics_port=0,
+        group_id=f"learner-{uuid.uuid4().hex[:6]}",
+        batch_size=4,
+        num_minibatches=2,
+        ppo_epochs=2,
+        response_length=16,
+        gate_max_new_tokens=16,
+        heldout_prompts=prompts_dir / "heldout.jsonl",
+        canary_prompts=prompts_dir / "canary.jsonl",
+        reward_tolerance=1.0,
+        max_iterations=1,
     )
     settings.update(overrides)
     return LearnerConfig(**settings)

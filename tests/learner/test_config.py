@@ -10,10 +10,16 @@ def test_derived_batch_sizes():
     assert (cfg.minibatch_size, cfg.micro_batch_size) == (4, 2)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"batch_size": 6, "num_minibatches": 4}, "num_minibatches"),
-    ({"batch_size": 8, "num_minibatches": 2, "gradient_accumulation_steps": 3}, "gradient_accumulation_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"batch_size": 6, "num_minibatches": 4}, "num_minibatches"),
+        (
+            {"batch_size": 8, "num_minibatches": 2, "gradient_accumulation_steps": 3},
+            "gradient_accumulation_steps",
+        ),
+    ],
+)
 def test_inexact_division_is_a_value_error(kwargs, words):
     with pytest.raises(ValueError, match=words):
         LearnerConfig(**kwargs)

@@ -24,7 +24,9 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-def test_one_live_iteration_publishes_a_loadable_v1(tmp_path, fresh_kafka, scorer, make_interactions, model_dir):
+def test_one_live_iteration_publishes_a_loadable_v1(
+    tmp_path, fresh_kafka, scorer, make_interactions, model_dir
+):
     events = make_interactions(4)
     produce(fresh_kafka, events)
     cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts")
@@ -69,8 +71,19 @@ def test_one_live_iteration_publishes_a_loadable_v1(tmp_path, fresh_kafka, score
 
     assert _metric(metrics, "rlhf_learner_versions_published_total") >= 1
     assert _metric(metrics, "rlhf_learner_policy_version") == 1
-    for name in ("reward_mean", "kl_to_reference", "kl_coef", "policy_loss", "value_loss", "entropy",
-                 "clip_fraction", "approx_kl", "explained_variance", "consumer_lag", "behaviour_logprob_gap"):
+    for name in (
+        "reward_mean",
+        "kl_to_reference",
+        "kl_coef",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "clip_fraction",
+        "approx_kl",
+        "explained_variance",
+        "consumer_lag",
+        "behaviour_logprob_gap",
+    ):
         _metric(metrics, f"rlhf_learner_{name}")
     assert _metric(metrics, "rlhf_learner_consumer_lag") == 0
     assert _metric(metrics, "rlhf_learner_entropy") > 0
@@ -78,19 +91,28 @@ def test_one_live_iteration_publishes_a_loadable_v1(tmp_path, fresh_kafka, score
     assert _metric(metrics, "rlhf_learner_behaviour_logprob_gap") < 1e-3
 
 
-def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(tmp_path, fresh_kafka, scorer, make_interactions,
-                                                              model_dir):
+def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
+    tmp_path, fresh_kafka, scorer, make_interactions, model_dir
+):
     # Version 3 is promoted on the topic (its checkpoint: the bundled weights), so a fresh learner trains
     # from 3, drops responses more than max_staleness=2 versions older, and numbers its candidate 4.
     producer = KafkaProducer(bootstrap_servers=fresh_kafka.bootstrap_servers, acks="all")
-    v3 = PolicyVersion(version=3, parent=0, status=PROMOTED, checkpoint_uri=model_dir.resolve().as_uri(),
-                       weights_sha256=weights_sha256(model_dir), created_at=wire.now())
+    v3 = PolicyVersion(
+        version=3,
+        parent=0,
+        status=PROMOTED,
+        checkpoint_uri=model_dir.resolve().as_uri(),
+        weights_sha256=weights_sha256(model_dir),
+        created_at=wire.now(),
+    )
     producer.send(fresh_kafka.topic(topics.POLICY), key=wire.key_of(v3), value=wire.encode(v3)).get(30)
     producer.close()
     stale, fresh = make_interactions(2, policy_version=0), make_interactions(4, policy_version=3)
     produce(fresh_kafka, stale[:1] + fresh[:2] + stale[1:] + fresh[2:])
     # Two tokens are too few for the canary "What is the capital of France?" to end with EOS.
-    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2, max_staleness=2)
+    cfg = small_config(
+        tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2, max_staleness=2
+    )
     learner = Learner(cfg, fresh_kafka)
     try:
         state = learner.run()

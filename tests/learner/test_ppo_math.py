@@ -1,4 +1,4 @@
-"""The PPO math against values computed by hand on small tensors (each expected number derived in a comment)."""
+"""The PPO math against values computed by hand on small tensors (each expected number derived alongside)."""
 
 import math
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import time
 
+from proto import topics
 from tests.conftest import ROOT, kafka_env
 from tests.learner.conftest import committed_offset, produce, small_config
-from proto import topics
 
 
 def _env(cfg) -> dict[str, str]:
@@ -20,8 +20,15 @@ def _env(cfg) -> dict[str, str]:
 def test_kill_9_and_restart_neither_loses_nor_double_counts(tmp_path, fresh_kafka, scorer, make_interactions):
     events = make_interactions(12)
     produce(fresh_kafka, events)
-    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", ppo_epochs=1, max_iterations=3,
-                       publish_every=1000, keep_checkpoints=5)
+    cfg = small_config(
+        tmp_path / "state",
+        scorer,
+        tmp_path / "prompts",
+        ppo_epochs=1,
+        max_iterations=3,
+        publish_every=1000,
+        keep_checkpoints=5,
+    )
     env = {**os.environ, **kafka_env(fresh_kafka), **_env(cfg)}
     command = [sys.executable, "-m", "learner.cli", "ppo"]
     checkpoints = cfg.checkpoint_dir

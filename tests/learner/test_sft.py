@@ -22,7 +22,9 @@ def _reply_loss(model_dir, demos_path) -> float:
         ids, n = encode(tokenizer, messages, reply, 1024)
         with torch.no_grad():
             logits = lm(input_ids=torch.tensor([ids])).logits
-        total += response_only_loss(logits, torch.tensor([ids]), torch.tensor([len(ids)]), torch.tensor([n])).item()
+        total += response_only_loss(
+            logits, torch.tensor([ids]), torch.tensor([len(ids)]), torch.tensor([n])
+        ).item()
     return total
 
 
@@ -30,8 +32,16 @@ def test_sft_lowers_reply_loss_and_writes_a_loadable_model(tmp_path, model_dir):
     demos = tmp_path / "demos.jsonl"
     demos.write_text("".join(json.dumps(d) + "\n" for d in DEMOS))
     assert [reply for _, reply in read_demonstrations(demos)] == ["Blue.", "Yes."]
-    out = train(SFTConfig(data=demos, output_dir=tmp_path / "sft", base_model=model_dir, epochs=2,
-                          batch_size=2, learning_rate=5e-5))
+    out = train(
+        SFTConfig(
+            data=demos,
+            output_dir=tmp_path / "sft",
+            base_model=model_dir,
+            epochs=2,
+            batch_size=2,
+            learning_rate=5e-5,
+        )
+    )
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file(), name
     assert _reply_loss(out, demos) < _reply_loss(model_dir, demos)
