@@ -24,8 +24,14 @@ from reward_service.settings import Settings
 class APIError(Exception):
     """An error to answer with ``status`` in the OpenAI envelope."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(message=message, type=type_, param=param, code=code)
@@ -56,8 +62,12 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         message = "; ".join(f"{_param(tuple(e['loc']))}: {e['msg']}" for e in errors) or first["msg"]
-        body = ErrorBody(message=message, type="invalid_request_error", param=_param(tuple(first["loc"])),
-                         code="invalid_value")
+        body = ErrorBody(
+            message=message,
+            type="invalid_request_error",
+            param=_param(tuple(first["loc"])),
+            code="invalid_value",
+        )
         return _envelope(422, body)
 
     @app.exception_handler(StarletteHTTPException)
@@ -89,8 +99,12 @@ def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
     if not body.inputs:
         raise APIError(400, "inputs must hold at least one input", param="inputs", code="empty_batch")
     if len(body.inputs) > limit:
-        raise APIError(400, f"inputs holds {len(body.inputs)} inputs; at most {limit} are allowed",
-                       param="inputs", code="batch_too_large")
+        raise APIError(
+            400,
+            f"inputs holds {len(body.inputs)} inputs; at most {limit} are allowed",
+            param="inputs",
+            code="batch_too_large",
+        )
     service.scorer.refresh()
     items = [([m.model_dump() for m in i.messages], i.response) for i in body.inputs]
     try:
@@ -113,8 +127,9 @@ def healthz(service: ServiceDep) -> dict:
 def readyz(service: ServiceDep) -> dict:
     """Readiness: 200 once the scorer is loaded and, when training, the Kafka consumer is reading."""
     if not service.ready():
-        raise APIError(503, "not ready: the Kafka consumer is not connected yet", type_="server_error",
-                       code="not_ready")
+        raise APIError(
+            503, "not ready: the Kafka consumer is not connected yet", type_="server_error", code="not_ready"
+        )
     return {"status": "ready", "reward_model_version": service.scorer.version}
 
 

@@ -15,7 +15,7 @@ of which votes each version trained on stays auditable.
 import json
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -83,7 +83,9 @@ class CheckpointStore:
     def versions(self) -> list[int]:
         """Versions that still have weights, ascending."""
         return sorted(
-            int(p.name[1:]) for p in self.root.glob("v[0-9]*") if (p / OVERLAY).exists() and (p / STATE).exists()
+            int(p.name[1:])
+            for p in self.root.glob("v[0-9]*")
+            if (p / OVERLAY).exists() and (p / STATE).exists()
         )
 
     def latest(self) -> int | None:
@@ -152,12 +154,14 @@ class CheckpointStore:
                 (self.path(version) / name).unlink(missing_ok=True)
 
 
-def new_state(version: int, parent: int | None, base_model: Path, trainable_layers: int, **fields) -> CheckpointState:
+def new_state(
+    version: int, parent: int | None, base_model: Path, trainable_layers: int, **fields
+) -> CheckpointState:
     """A :class:`CheckpointState` stamped with the current UTC time."""
     return CheckpointState(
         version=version,
         parent=parent,
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
         base_model=str(base_model),
         trainable_layers=trainable_layers,
         **fields,

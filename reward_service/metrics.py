@@ -18,43 +18,72 @@ class RewardMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.score = Histogram(
-            "rlhf_reward_score", "Reward-model scores given (logit of P(thumbs up))", ["source"],
-            buckets=REWARD_BUCKETS, registry=r,
+            "rlhf_reward_score",
+            "Reward-model scores given (logit of P(thumbs up))",
+            ["source"],
+            buckets=REWARD_BUCKETS,
+            registry=r,
         )
         self.scoring_latency = Histogram(
-            "rlhf_reward_scoring_latency_seconds", "Time to score one batch, seconds", ["source"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "rlhf_reward_scoring_latency_seconds",
+            "Time to score one batch, seconds",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.model_version = Gauge("rlhf_reward_model_version", "Reward-model version the scorer serves", registry=r)
+        self.model_version = Gauge(
+            "rlhf_reward_model_version", "Reward-model version the scorer serves", registry=r
+        )
         self.heldout_accuracy = Gauge(
-            "rlhf_reward_heldout_accuracy", "Accuracy of sign(reward) on held-out votes, latest checkpoint", registry=r
+            "rlhf_reward_heldout_accuracy",
+            "Accuracy of sign(reward) on held-out votes, latest checkpoint",
+            registry=r,
         )
-        self.heldout_auc = Gauge("rlhf_reward_heldout_auc", "ROC AUC on held-out votes, latest checkpoint", registry=r)
-        self.heldout_votes = Gauge("rlhf_reward_heldout_votes", "Held-out votes the last evaluation used", registry=r)
+        self.heldout_auc = Gauge(
+            "rlhf_reward_heldout_auc", "ROC AUC on held-out votes, latest checkpoint", registry=r
+        )
+        self.heldout_votes = Gauge(
+            "rlhf_reward_heldout_votes", "Held-out votes the last evaluation used", registry=r
+        )
+        # Not measured until the first evaluation: NaN, not a misleading 0.
+        self.heldout_accuracy.set(float("nan"))
+        self.heldout_auc.set(float("nan"))
         self.examples_seen = Gauge(
             "rlhf_reward_training_examples_seen",
             "Training examples in the current model's lineage (kind: pointwise votes, pairwise pairs)",
-            ["kind"], registry=r,
+            ["kind"],
+            registry=r,
         )
-        self.loss = Gauge("rlhf_reward_training_loss", "Loss of the last training step, nats", ["kind"], registry=r)
-        self.pending_joins = Gauge("rlhf_reward_pending_joins", "Votes waiting for their interaction", registry=r)
+        self.loss = Gauge(
+            "rlhf_reward_training_loss", "Loss of the last training step, nats", ["kind"], registry=r
+        )
+        self.pending_joins = Gauge(
+            "rlhf_reward_pending_joins", "Votes waiting for their interaction", registry=r
+        )
         self.events = Counter("rlhf_reward_events_consumed", "Kafka records consumed", ["topic"], registry=r)
         self.malformed = Counter(
-            "rlhf_reward_malformed_events", "Records skipped as malformed (reason: decode, invalid)",
-            ["topic", "reason"], registry=r,
+            "rlhf_reward_malformed_events",
+            "Records skipped as malformed (reason: decode, invalid)",
+            ["topic", "reason"],
+            registry=r,
         )
         self.unknown_response_ids = Counter(
             "rlhf_reward_unknown_response_ids",
             "Votes dropped because their response id never joined an interaction (reason: expired, evicted)",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.too_long = Counter(
-            "rlhf_reward_too_long_interactions", "Interactions longer than the context: not scored or trained", registry=r
+            "rlhf_reward_too_long_interactions",
+            "Interactions longer than the context: not scored or trained",
+            registry=r,
         )
         self.rewards_published = Counter(
             "rlhf_reward_rewards_published", "Reward events sent to the rewards topic", registry=r
         )
         self.checkpoint_seconds = Histogram(
-            "rlhf_reward_checkpoint_duration_seconds", "Time to evaluate and save one checkpoint, seconds",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "rlhf_reward_checkpoint_duration_seconds",
+            "Time to evaluate and save one checkpoint, seconds",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )

@@ -60,7 +60,9 @@ class ChatEncoder:
     def collate(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad ``sequences`` into ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64."""
         lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-        input_ids = torch.full((len(sequences), int(lengths.max())), self.tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full(
+            (len(sequences), int(lengths.max())), self.tokenizer.pad_token_id, dtype=torch.long
+        )
         for row, seq in enumerate(sequences):
             input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         return input_ids, lengths
@@ -89,7 +91,11 @@ class RewardModel(nn.Module):
     def trainable_names(self) -> set[str]:
         """Names of the trained parameters: head, final norm, and the top ``trainable_layers`` layers."""
         first = self.backbone.config.num_hidden_layers - self.trainable_layers
-        prefixes = ("head.", "backbone.norm.", *(f"backbone.layers.{i}." for i in range(first, first + self.trainable_layers)))
+        prefixes = (
+            "head.",
+            "backbone.norm.",
+            *(f"backbone.layers.{i}." for i in range(first, first + self.trainable_layers)),
+        )
         return {name for name, _ in self.named_parameters() if name.startswith(prefixes)}
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,9 @@ class Scorer:
             raise FileNotFoundError(f"no reward-model checkpoint in {checkpoints.root}")
         state = checkpoints.state(version)
         self.encoder = ChatEncoder(load_tokenizer(settings.base_model), settings.max_context_tokens)
-        self.model = load_reward_model(settings.base_model, state.trainable_layers, checkpoints.path(version) / OVERLAY)
+        self.model = load_reward_model(
+            settings.base_model, state.trainable_layers, checkpoints.path(version) / OVERLAY
+        )
         self.version = version
         self.metrics.model_version.set(version)
         self._lock = threading.Lock()
@@ -77,7 +79,7 @@ class Scorer:
             for start in range(0, len(order), self.settings.score_micro_batch):
                 chunk = order[start : start + self.settings.score_micro_batch]
                 input_ids, lengths = self.encoder.collate([encoded[i] for i in chunk])
-                for i, reward in zip(chunk, self.model(input_ids, lengths).tolist()):
+                for i, reward in zip(chunk, self.model(input_ids, lengths).tolist(), strict=True):
                     rewards[i] = reward
         self.metrics.scoring_latency.labels(source).observe(time.perf_counter() - started)
         for reward in rewards:

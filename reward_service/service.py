@@ -36,7 +36,11 @@ class RewardService:
         self.checkpoints = CheckpointStore(settings.checkpoint_dir)
         ensure_initial_checkpoint(settings, self.checkpoints)
         self.scorer = Scorer(settings, self.checkpoints, self.metrics)
-        self.worker = StreamWorker(settings, kafka, self.scorer, self.checkpoints, self.metrics) if settings.train else None
+        self.worker = (
+            StreamWorker(settings, kafka, self.scorer, self.checkpoints, self.metrics)
+            if settings.train
+            else None
+        )
 
     def start(self) -> None:
         """Start consuming and training (when ``settings.train``)."""

@@ -21,10 +21,12 @@ class Settings(BaseSettings):
     # Where things live.
     state_dir: Path = Field(
         REPO_ROOT / ".state",
-        validation_alias=AliasChoices("RLHF_STATE_DIR", "state_dir"),
+        validation_alias=AliasChoices("RLHF_STATE_DIR", "RLHF_REWARD_STATE_DIR"),
         description="project state dir (env RLHF_STATE_DIR); this service keeps its files in <state>/reward",
     )
-    base_model: Path | None = Field(None, description="SFT model directory; default <state>/models/" + BASE_MODEL_NAME)
+    base_model: Path | None = Field(
+        None, description="SFT model directory; default <state>/models/" + BASE_MODEL_NAME
+    )
 
     # HTTP.
     host: str = Field("127.0.0.1", description="address to listen on")
@@ -32,7 +34,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="most inputs one POST /v1/score may carry")
     max_context_tokens: int = Field(2048, ge=16, description="longest chat-templated prompt+response, tokens")
     score_micro_batch: int = Field(8, ge=1, description="sequences per forward pass when scoring")
-    reload_check_s: float = Field(1.0, ge=0, description="how often /v1/score looks for a newer checkpoint, s")
+    reload_check_s: float = Field(
+        1.0, ge=0, description="how often /v1/score looks for a newer checkpoint, s"
+    )
 
     # Kafka consumption.
     train: bool = Field(True, description="consume interactions+feedback, train, publish rewards")
@@ -41,11 +45,15 @@ class Settings(BaseSettings):
     poll_max_records: int = Field(256, ge=1, description="most records handled between two training steps")
 
     # Model and optimisation.
-    trainable_layers: int = Field(4, ge=0, description="top decoder layers trained (the rest stay frozen SFT)")
+    trainable_layers: int = Field(
+        4, ge=0, description="top decoder layers trained (the rest stay frozen SFT)"
+    )
     learning_rate: float = Field(2e-5, gt=0, description="AdamW step size of the trained decoder layers")
     head_learning_rate: float = Field(1e-3, gt=0, description="AdamW step size of the scalar head")
     train_batch_size: int = Field(8, ge=1, description="votes per optimiser step")
-    pairwise_weight: float = Field(1.0, ge=0, description="weight of the Bradley–Terry loss vs the pointwise one")
+    pairwise_weight: float = Field(
+        1.0, ge=0, description="weight of the Bradley–Terry loss vs the pointwise one"
+    )
 
     # Held-out evaluation.
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of response ids never trained on")

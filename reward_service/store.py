@@ -113,7 +113,8 @@ class JoinStore:
         if not event.response_id or not event.prompt_messages:
             raise InvalidEvent("interaction without response_id or prompt_messages")
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO interactions (response_id, prompt_key, response, policy_version) VALUES (?,?,?,?)",
+            "INSERT OR IGNORE INTO interactions (response_id, prompt_key, response, policy_version)"
+            " VALUES (?,?,?,?)",
             (event.response_id, prompt_key(event), event.response_text, event.policy_version),
         )
         return cur.rowcount == 1
@@ -141,7 +142,9 @@ class JoinStore:
             ),
         )
         if cur.rowcount == 1 and event.replaces_feedback_id:
-            self.db.execute("UPDATE votes SET superseded = 1 WHERE feedback_id = ?", (event.replaces_feedback_id,))
+            self.db.execute(
+                "UPDATE votes SET superseded = 1 WHERE feedback_id = ?", (event.replaces_feedback_id,)
+            )
         return cur.rowcount == 1
 
     def _example(self, row) -> Example:
@@ -183,7 +186,9 @@ class JoinStore:
 
     def trained_in(self, version: int) -> list[str]:
         """Feedback ids first trained into ``version``, in arrival order: that version's ledger."""
-        rows = self.db.execute("SELECT feedback_id FROM votes WHERE trained_version = ? ORDER BY id", (version,))
+        rows = self.db.execute(
+            "SELECT feedback_id FROM votes WHERE trained_version = ? ORDER BY id", (version,)
+        )
         return [r[0] for r in rows]
 
     def rollback(self, version: int) -> int:
@@ -216,7 +221,10 @@ class JoinStore:
         """Give up on votes whose interaction did not come: those waiting longer than ``timeout_s``, then
         the oldest beyond ``max_pending``. Returns (expired, evicted) counts; both are unknown response ids.
         """
-        unjoined = "dropped = 0 AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.response_id = votes.response_id)"
+        unjoined = (
+            "dropped = 0"
+            " AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.response_id = votes.response_id)"
+        )
         expired = self.db.execute(
             f"UPDATE votes SET dropped = 1 WHERE {unjoined} AND arrived_at < ?", (time.time() - timeout_s,)
         ).rowcount
@@ -235,7 +243,8 @@ class JoinStore:
         Later votes on a deleted interaction count as unknown response ids. Returns how many went.
         """
         cur = self.db.execute(
-            "DELETE FROM interactions WHERE id IN (SELECT id FROM interactions ORDER BY id DESC LIMIT -1 OFFSET ?)"
+            "DELETE FROM interactions"
+            " WHERE id IN (SELECT id FROM interactions ORDER BY id DESC LIMIT -1 OFFSET ?)"
             " AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.response_id = interactions.response_id"
             " AND v.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
             " AND (v.trained_version IS NULL OR v.trained_version > ?))",

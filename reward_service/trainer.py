@@ -29,8 +29,16 @@ class StepResult:
 class Trainer:
     """Owns the trained reward model and its optimiser; not thread-safe (the stream worker drives it)."""
 
-    def __init__(self, model: RewardModel, encoder: ChatEncoder, learning_rate: float, head_learning_rate: float,
-                 pairwise_weight: float, up_trained: int = 0, down_trained: int = 0):
+    def __init__(
+        self,
+        model: RewardModel,
+        encoder: ChatEncoder,
+        learning_rate: float,
+        head_learning_rate: float,
+        pairwise_weight: float,
+        up_trained: int = 0,
+        down_trained: int = 0,
+    ):
         self.model = model
         self.encoder = encoder
         self.pairwise_weight = pairwise_weight
@@ -41,8 +49,16 @@ class Trainer:
         if body:
             groups.append({"params": body, "lr": learning_rate})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        self._learning_rates = [g["lr"] for g in groups]
         self.up_trained = up_trained
         self.down_trained = down_trained
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Continue from a checkpoint's AdamW moments, keeping this run's configured step sizes
+        (``load_state_dict`` alone would bring back the saved ones and ignore a changed setting)."""
+        self.optimizer.load_state_dict(state)
+        for group, lr in zip(self.optimizer.param_groups, self._learning_rates, strict=True):
+            group["lr"] = lr
 
     def _rewards(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """Reward of each distinct response of ``examples``, keyed by response id, with gradients."""
@@ -50,7 +66,7 @@ class Trainer:
         sequences = [self.encoder.encode(e.messages, e.response) for e in unique.values()]
         input_ids, lengths = self.encoder.collate(sequences)
         rewards = self.model(input_ids, lengths)  # (U,)
-        return dict(zip(unique, rewards))
+        return dict(zip(unique, rewards, strict=True))
 
     def step(self, votes: list[Example], pairs: list[Pair]) -> StepResult:
         """Train once on ``votes`` (≥ 1) and ``pairs`` (any number, drawn from the same stream)."""
@@ -75,7 +91,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return StepResult(len(votes), len(pairs), pointwise.item(), None if pairwise is None else pairwise.item())
+        return StepResult(
+            len(votes), len(pairs), pointwise.item(), None if pairwise is None else pairwise.item()
+        )
 
     @torch.inference_mode()
     def score(self, examples: list[Example], micro_batch: int) -> torch.Tensor:
@@ -83,7 +101,9 @@ class Trainer:
         out = []
         for start in range(0, len(examples), micro_batch):
             chunk = examples[start : start + micro_batch]
-            input_ids, lengths = self.encoder.collate([self.encoder.encode(e.messages, e.response) for e in chunk])
+            input_ids, lengths = self.encoder.collate(
+                [self.encoder.encode(e.messages, e.response) for e in chunk]
+            )
             out.append(self.model(input_ids, lengths))
         return torch.cat(out) if out else torch.zeros(0)
 

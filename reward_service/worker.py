@@ -42,8 +42,14 @@ CONSUMED = (topics.INTERACTIONS, topics.FEEDBACK)
 class StreamWorker(threading.Thread):
     """The consumer/trainer thread. ``ready`` is set once it reads Kafka; ``error`` holds what killed it."""
 
-    def __init__(self, settings: Settings, kafka: KafkaSettings, scorer: Scorer, checkpoints: CheckpointStore,
-                 metrics: RewardMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        kafka: KafkaSettings,
+        scorer: Scorer,
+        checkpoints: CheckpointStore,
+        metrics: RewardMetrics,
+    ):
         super().__init__(name="reward-stream", daemon=True)
         self.settings = settings
         self.kafka = kafka
@@ -73,7 +79,9 @@ class StreamWorker(threading.Thread):
     def _retrying(self) -> Retrying:
         """Retry Kafka calls every second until they succeed or the service stops."""
         return Retrying(
-            retry=retry_if_exception_type(KafkaError), wait=wait_fixed(1.0), stop=stop_when_event_set(self._stopping),
+            retry=retry_if_exception_type(KafkaError),
+            wait=wait_fixed(1.0),
+            stop=stop_when_event_set(self._stopping),
             before_sleep=lambda rs: log.warning("kafka not ready (%r); retrying", rs.outcome.exception()),
             reraise=True,
         )
@@ -91,12 +99,17 @@ class StreamWorker(threading.Thread):
             s.base_model, self.state.trainable_layers, self.checkpoints.path(self.version) / OVERLAY
         )
         self.trainer = Trainer(
-            model, self.scorer.encoder, s.learning_rate, s.head_learning_rate, s.pairwise_weight,
-            up_trained=self.state.up_trained, down_trained=self.state.down_trained,
+            model,
+            self.scorer.encoder,
+            s.learning_rate,
+            s.head_learning_rate,
+            s.pairwise_weight,
+            up_trained=self.state.up_trained,
+            down_trained=self.state.down_trained,
         )
         optimizer_state = self.checkpoints.load_optimizer_state(self.version)
         if optimizer_state is not None:
-            self.trainer.optimizer.load_state_dict(optimizer_state)
+            self.trainer.load_optimizer_state(optimizer_state)
         self.unsaved_votes = 0
         self.unsaved_pairs = 0
         self.saved_at = time.monotonic()
@@ -112,12 +125,18 @@ class StreamWorker(threading.Thread):
             with attempt:
                 ensure_topics(self.kafka)
                 self.consumer = KafkaConsumer(
-                    bootstrap_servers=self.kafka.bootstrap_servers, group_id=self.settings.group_id,
-                    client_id="rlhf-reward", enable_auto_commit=False, auto_offset_reset="earliest",
+                    bootstrap_servers=self.kafka.bootstrap_servers,
+                    group_id=self.settings.group_id,
+                    client_id="rlhf-reward",
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
                 )
                 self.producer = KafkaProducer(
-                    bootstrap_servers=self.kafka.bootstrap_servers, client_id="rlhf-reward",
-                    enable_idempotence=True, acks="all", linger_ms=5,
+                    bootstrap_servers=self.kafka.bootstrap_servers,
+                    client_id="rlhf-reward",
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=5,
                 )
         partitions = []
         for name in CONSUMED:
@@ -135,7 +154,9 @@ class StreamWorker(threading.Thread):
                 self.consumer.seek(tp, offset)
         self.partitions = partitions
         self.short_names = {self.kafka.topic(name): name for name in CONSUMED}
-        log.info("consuming %s from %s", [f"{tp.topic}/{tp.partition}" for tp in partitions], self.state.offsets)
+        log.info(
+            "consuming %s from %s", [f"{tp.topic}/{tp.partition}" for tp in partitions], self.state.offsets
+        )
         self.ready.set()
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -195,7 +216,9 @@ class StreamWorker(threading.Thread):
         except (wire.MalformedEvent, InvalidEvent) as exc:
             reason = "decode" if isinstance(exc, wire.MalformedEvent) else "invalid"
             self.metrics.malformed.labels(name, reason).inc()
-            log.warning("skipping malformed record %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            log.warning(
+                "skipping malformed record %s/%d@%d: %s", record.topic, record.partition, record.offset, exc
+            )
             return None
 
     def _fits(self, event) -> bool:
@@ -206,20 +229,31 @@ class StreamWorker(threading.Thread):
         if tokens <= self.settings.max_context_tokens:
             return True
         self.metrics.too_long.inc()
-        log.warning("interaction %s has %d tokens (> %d): skipped", event.response_id, tokens,
-                    self.settings.max_context_tokens)
+        log.warning(
+            "interaction %s has %d tokens (> %d): skipped",
+            event.response_id,
+            tokens,
+            self.settings.max_context_tokens,
+        )
         return False
 
     def _publish_rewards(self, interactions) -> None:
         """Score the interactions with the serving scorer and send one Reward event each."""
         self.scorer.refresh()
-        items = [([{"role": m.role, "content": m.content} for m in e.prompt_messages], e.response_text)
-                 for e in interactions]
+        items = [
+            ([{"role": m.role, "content": m.content} for m in e.prompt_messages], e.response_text)
+            for e in interactions
+        ]
         rewards, version = self.scorer.score(items, source="stream")
         topic = self.kafka.topic(topics.REWARDS)
-        for event, reward in zip(interactions, rewards):
-            message = Reward(response_id=event.response_id, created_at=wire.now(),
-                             policy_version=event.policy_version, score=reward, reward_model_version=version)
+        for event, reward in zip(interactions, rewards, strict=True):
+            message = Reward(
+                response_id=event.response_id,
+                created_at=wire.now(),
+                policy_version=event.policy_version,
+                score=reward,
+                reward_model_version=version,
+            )
             self.producer.send(topic, key=wire.key_of(message), value=wire.encode(message))
         self.metrics.rewards_published.inc(len(interactions))
 
@@ -264,11 +298,17 @@ class StreamWorker(threading.Thread):
             up = self.trainer.up_trained
             down = self.trainer.down_trained
             state = new_state(
-                self.version + 1, self.version, s.base_model, self.state.trainable_layers, offsets=offsets,
+                self.version + 1,
+                self.version,
+                s.base_model,
+                self.state.trainable_layers,
+                offsets=offsets,
                 votes_trained=self.state.votes_trained + self.unsaved_votes,
                 pairs_trained=self.state.pairs_trained + self.unsaved_pairs,
-                up_trained=up, down_trained=down,
-                trained_feedback_ids=self.store.trained_in(self.version + 1), heldout=score,
+                up_trained=up,
+                down_trained=down,
+                trained_feedback_ids=self.store.trained_in(self.version + 1),
+                heldout=score,
             )
             self.checkpoints.save(state, self.trainer.model, self.trainer.optimizer)
             self.version, self.state = state.version, state
@@ -276,7 +316,9 @@ class StreamWorker(threading.Thread):
             self.checkpoints.prune(s.keep_checkpoints)
             self.store.prune_interactions(s.max_interactions, self.version)
             self.scorer.refresh(force=True)
-            log.info("checkpoint v%d: %d votes trained, held-out %s", self.version, state.votes_trained, score)
+            log.info(
+                "checkpoint v%d: %d votes trained, held-out %s", self.version, state.votes_trained, score
+            )
         elif offsets != self.state.offsets:
             self.checkpoints.update_offsets(self.version, offsets)
             self.state = self.state.model_copy(update={"offsets": offsets})
@@ -291,10 +333,13 @@ class StreamWorker(threading.Thread):
     def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
         """Commit ``offsets`` to the consumer group (for lag monitoring; resuming uses the checkpoint's)."""
         try:
-            self.consumer.commit({
-                TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                for topic, parts in offsets.items() for partition, offset in parts.items()
-            })
+            self.consumer.commit(
+                {
+                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                    for topic, parts in offsets.items()
+                    for partition, offset in parts.items()
+                }
+            )
         except KafkaError as exc:  # the checkpoint already holds these offsets: the next commit catches up
             log.warning("offset commit failed: %r", exc)
 

@@ -5,7 +5,8 @@
 Scoring goes through the service's own ``Scorer.score`` (what ``POST /v1/score`` runs, without HTTP) at
 request batch sizes 1, 8 and 32; training through ``Trainer.step`` on batches of ``train_batch_size``
 votes with a Bradley–Terry pair per two votes, as the stream worker builds them. Each measurement runs
-one warm-up call, then repeats for at least ``--seconds``. Prints a table and writes
+one warm-up call, then repeats for at least ``--seconds`` and reports the median call. Prints a table and
+writes
 ``bench/results/reward-<timestamp>.json``.
 """
 
@@ -14,9 +15,10 @@ import json
 import os
 import platform
 import random
+import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -38,28 +40,40 @@ PROMPTS = ["What is the capital of France?", "How do I boil an egg?", "Give me a
 def make_inputs(n: int, response_tokens: int, rng: random.Random) -> list[tuple[list[dict[str, str]], str]]:
     """``n`` chat inputs whose responses are about ``response_tokens`` tokens of plain words."""
     return [
-        ([{"role": "user", "content": rng.choice(PROMPTS)}], " ".join(rng.choices(WORDS, k=response_tokens)) + ".")
+        (
+            [{"role": "user", "content": rng.choice(PROMPTS)}],
+            " ".join(rng.choices(WORDS, k=response_tokens)) + ".",
+        )
         for _ in range(n)
     ]
 
 
 def repeat(fn, seconds: float) -> tuple[int, float]:
-    """Call ``fn`` once to warm up, then until ``seconds`` pass (at least 3 times). Returns (calls, seconds)."""
+    """Call ``fn`` once to warm up, then until ``seconds`` pass (at least 3 times).
+
+    Returns (calls, median seconds per call): the median, because the machine is shared and a neighbour's
+    burst inflates a few calls by several times.
+    """
     fn()
-    calls, started = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - started < seconds:
+    durations: list[float] = []
+    started = time.perf_counter()
+    while len(durations) < 3 or time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
         fn()
-        calls += 1
-    return calls, time.perf_counter() - started
+        durations.append(time.perf_counter() - t0)
+    return len(durations), statistics.median(durations)
 
 
 def bench_scoring(scorer: Scorer, batch: int, seconds: float, response_tokens: int, rng) -> dict:
     inputs = make_inputs(batch, response_tokens, rng)
     tokens = sum(len(scorer.encoder.encode(m, r)) for m, r in inputs) / batch
-    calls, elapsed = repeat(lambda: scorer.score(inputs, source="bench"), seconds)
+    calls, median = repeat(lambda: scorer.score(inputs, source="bench"), seconds)
     return {
-        "kind": "score", "batch": batch, "calls": calls, "seconds": elapsed,
-        "latency_ms": 1000 * elapsed / calls, "sequences_per_s": calls * batch / elapsed,
+        "kind": "score",
+        "batch": batch,
+        "calls": calls,
+        "latency_ms": 1000 * median,
+        "sequences_per_s": batch / median,
         "tokens_per_sequence": tokens,
     }
 
@@ -67,15 +81,20 @@ def bench_scoring(scorer: Scorer, batch: int, seconds: float, response_tokens: i
 def bench_training(settings: Settings, seconds: float, response_tokens: int, rng) -> dict:
     model = load_reward_model(settings.base_model, settings.trainable_layers)
     encoder = ChatEncoder(load_tokenizer(settings.base_model), settings.max_context_tokens)
-    trainer = Trainer(model, encoder, settings.learning_rate, settings.head_learning_rate,
-                      settings.pairwise_weight)
+    trainer = Trainer(
+        model, encoder, settings.learning_rate, settings.head_learning_rate, settings.pairwise_weight
+    )
     inputs = make_inputs(settings.train_batch_size, response_tokens, rng)
     votes = [Example(f"f{i}", f"r{i}", m, r, up=i % 2 == 0) for i, (m, r) in enumerate(inputs)]
     pairs = [Pair(votes[i], votes[i + 1]) for i in range(0, len(votes) - 1, 2)]
-    calls, elapsed = repeat(lambda: trainer.step(votes, pairs), seconds)
+    calls, median = repeat(lambda: trainer.step(votes, pairs), seconds)
     return {
-        "kind": "train", "batch": len(votes), "pairs_per_step": len(pairs), "calls": calls, "seconds": elapsed,
-        "step_ms": 1000 * elapsed / calls, "examples_per_s": calls * len(votes) / elapsed,
+        "kind": "train",
+        "batch": len(votes),
+        "pairs_per_step": len(pairs),
+        "calls": calls,
+        "step_ms": 1000 * median,
+        "examples_per_s": len(votes) / median,
         "trainable_layers": settings.trainable_layers,
     }
 
@@ -96,20 +115,36 @@ def main() -> None:
         del scorer  # free its copy of the weights before the trainer loads its own
         rows.append(bench_training(settings, args.seconds, args.response_tokens, rng))
 
-    print(f"{'what':<10}{'batch':>6}{'tokens/seq':>12}{'ms/call':>10}{'per second':>14}")
+    print(f"{'what':<10}{'batch':>6}{'tokens/seq':>12}{'ms/call':>10}{'per second':>14}  (median call)")
     for row in rows:
         if row["kind"] == "score":
-            print(f"{'score':<10}{row['batch']:>6}{row['tokens_per_sequence']:>12.0f}{row['latency_ms']:>10.0f}"
-                  f"{row['sequences_per_s']:>10.1f} seq")
+            print(
+                f"{'score':<10}{row['batch']:>6}{row['tokens_per_sequence']:>12.0f}{row['latency_ms']:>10.0f}"
+                f"{row['sequences_per_s']:>10.1f} seq"
+            )
         else:
-            print(f"{'train':<10}{row['batch']:>6}{'':>12}{row['step_ms']:>10.0f}{row['examples_per_s']:>10.1f} ex")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            print(
+                f"{'train':<10}{row['batch']:>6}{'':>12}{row['step_ms']:>10.0f}"
+                f"{row['examples_per_s']:>10.1f} ex"
+            )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report = {
-        "bench": "reward", "created_at": stamp, "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]},
-        "settings": {"score_micro_batch": settings.score_micro_batch, "dtype": "float32",
-                     "base_model": str(settings.base_model), "response_tokens": args.response_tokens},
+        "bench": "reward",
+        "created_at": stamp,
+        "rows": rows,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "load_avg_1m": os.getloadavg()[0],
+        },
+        "settings": {
+            "score_micro_batch": settings.score_micro_batch,
+            "dtype": "float32",
+            "base_model": str(settings.base_model),
+            "response_tokens": args.response_tokens,
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"reward-{stamp}.json"

@@ -8,11 +8,11 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from loop.processes import Service
 from proto import wire
 from proto.topics import KafkaSettings, ensure_topics
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
 from tests.conftest import kafka_env
-from loop.processes import Service
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +35,18 @@ def free_port() -> int:
 
 def fresh_topics(base: KafkaSettings, name: str) -> KafkaSettings:
     """Topics of their own for one test (``<session prefix><name>.``), created."""
-    settings = KafkaSettings(bootstrap_servers=base.bootstrap_servers, topic_prefix=f"{base.topic_prefix}{name}.")
+    settings = KafkaSettings(
+        bootstrap_servers=base.bootstrap_servers, topic_prefix=f"{base.topic_prefix}{name}."
+    )
     ensure_topics(settings)
     return settings
 
 
 def produce(settings: KafkaSettings, records: list[tuple[str, bytes, bytes]]) -> None:
     """Send ``(topic name, key, value)`` records in order and wait for the broker's acks."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all"
+    )
     try:
         for name, key, value in records:
             producer.send(settings.topic(name), key=key, value=value)
@@ -60,7 +64,9 @@ def event_records(turns) -> list[tuple[str, bytes, bytes]]:
     return records
 
 
-def reward_service(state_dir: Path, model_dir: Path, kafka: KafkaSettings, log_path: Path, **settings) -> Service:
+def reward_service(
+    state_dir: Path, model_dir: Path, kafka: KafkaSettings, log_path: Path, **settings
+) -> Service:
     """A reward-service subprocess on its own state dir and topics; ``settings`` become RLHF_REWARD_* vars."""
     env = {
         **kafka_env(kafka),

@@ -15,7 +15,10 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def client(model_dir, kafka_settings, tmp_path_factory):
     settings = Settings(
-        state_dir=tmp_path_factory.mktemp("reward-api"), base_model=model_dir, max_batch_size=4, max_context_tokens=96
+        state_dir=tmp_path_factory.mktemp("reward-api"),
+        base_model=model_dir,
+        max_batch_size=4,
+        max_context_tokens=96,
     )
     app = build_app(settings, fresh_topics(kafka_settings, "api"))
     with TestClient(app) as client:
@@ -60,7 +63,9 @@ def test_schema_errors_are_422_naming_the_field(client, inputs, param):
 
 
 def test_body_that_is_not_json_is_422(client):
-    error = error_of(client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    error = error_of(
+        client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"}), 422
+    )
     assert error["code"] == "invalid_value"
 
 

@@ -24,7 +24,9 @@ def test_pointwise_loss_matches_hand_computed_logistic_loss():
     assert losses.pointwise_loss(rewards, up, torch.ones(2)).item() == pytest.approx(expected, rel=1e-6)
     # Weights shift the mean toward the heavier vote: 1·log 2 + 3·log(1+e²), over 4.
     weighted = (math.log(2) + 3 * math.log(1 + math.e**2)) / 4
-    assert losses.pointwise_loss(rewards, up, torch.tensor([1.0, 3.0])).item() == pytest.approx(weighted, rel=1e-6)
+    assert losses.pointwise_loss(rewards, up, torch.tensor([1.0, 3.0])).item() == pytest.approx(
+        weighted, rel=1e-6
+    )
 
 
 def test_bradley_terry_loss_hand_values_and_stability():
@@ -34,7 +36,9 @@ def test_bradley_terry_loss_hand_values_and_stability():
     # Equal rewards: no preference, −log ½.
     assert losses.bradley_terry_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
     # A margin of −100 must give 100, not inf (log(sigmoid(-100)) underflows in float32).
-    assert losses.bradley_terry_loss(torch.tensor([0.0]), torch.tensor([100.0])).item() == pytest.approx(100.0)
+    assert losses.bradley_terry_loss(torch.tensor([0.0]), torch.tensor([100.0])).item() == pytest.approx(
+        100.0
+    )
 
 
 def test_bradley_terry_gradient_pushes_chosen_up_and_rejected_down():

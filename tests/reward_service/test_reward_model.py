@@ -78,7 +78,9 @@ def test_overlay_round_trip_and_mismatch(probe, encoder, model_dir, tmp_path):
     probe.save_overlay(path)
     restored = load_reward_model(model_dir, trainable_layers=4, overlay=path)
     items = [(MESSAGES, "Paris."), (MESSAGES, "Lyon, I think")]
-    torch.testing.assert_close(rewards(restored, encoder, items), rewards(probe, encoder, items), atol=0, rtol=0)
+    torch.testing.assert_close(
+        rewards(restored, encoder, items), rewards(probe, encoder, items), atol=0, rtol=0
+    )
     with pytest.raises(ValueError, match="does not match"):
         load_reward_model(model_dir, trainable_layers=2, overlay=path)
 
@@ -101,3 +103,12 @@ def test_training_steps_move_rewards_toward_the_votes(model_dir, encoder):
     r_good, r_bad = trainer.score([good, bad], micro_batch=2).tolist()
     assert r_good > 0 > r_bad
     assert result.pointwise_loss < 0.69  # below log 2, the loss of the zero head it started from
+
+    # Resuming from the saved optimiser keeps its moments but this run's configured step sizes.
+    resumed = Trainer(model, encoder, learning_rate=5e-6, head_learning_rate=5e-4, pairwise_weight=1.0)
+    resumed.load_optimizer_state(trainer.optimizer.state_dict())
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [5e-4, 5e-6]
+    head = model.head.weight
+    torch.testing.assert_close(
+        resumed.optimizer.state[head]["exp_avg"], trainer.optimizer.state[head]["exp_avg"]
+    )

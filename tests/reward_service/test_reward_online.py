@@ -12,7 +12,6 @@ import random
 import re
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import torch
@@ -57,7 +56,9 @@ def end_offsets(kafka, names=("interactions", "feedback")) -> dict[str, dict[int
 
 
 def committed_offsets(kafka) -> dict[str, dict[int, int | None]]:
-    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=GROUP, enable_auto_commit=False
+    )
     try:
         tps = [TopicPartition(kafka.topic(n), 0) for n in ("interactions", "feedback")]
         return {tp.topic: {0: consumer.committed(tp)} for tp in tps}
@@ -94,19 +95,33 @@ def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, t
     produce(kafka, event_records(turns))
 
     service = reward_service(
-        tmp_path, model_dir, kafka, tmp_path / "reward.log", heldout_fraction=heldout_fraction,
-        checkpoint_every_examples=16, checkpoint_interval_s=15, heldout_eval_size=64,
+        tmp_path,
+        model_dir,
+        kafka,
+        tmp_path / "reward.log",
+        heldout_fraction=heldout_fraction,
+        checkpoint_every_examples=16,
+        checkpoint_interval_s=15,
+        heldout_eval_size=64,
     ).start("/readyz")
     try:
         checkpoints = CheckpointStore(tmp_path / "reward" / "checkpoints")
         final = wait_for(
             lambda: (s := latest_state(checkpoints)) and s.votes_trained == len(trainable) and s,
-            timeout_s=600, what=f"all {len(trainable)} trainable votes checkpointed", service=service,
+            timeout_s=600,
+            what=f"all {len(trainable)} trainable votes checkpointed",
+            service=service,
         )
         curve = [
-            {"version": s.version, "votes": s.votes_trained, "heldout": s.heldout.votes,
-             "accuracy": round(s.heldout.accuracy, 3), "auc": round(s.heldout.auc, 3)}
-            for s in checkpoints.lineage(final.version) if s.heldout is not None
+            {
+                "version": s.version,
+                "votes": s.votes_trained,
+                "heldout": s.heldout.votes,
+                "accuracy": round(s.heldout.accuracy, 3),
+                "auc": round(s.heldout.auc, 3),
+            }
+            for s in checkpoints.lineage(final.version)
+            if s.heldout is not None
         ]
         print("learning curve:", json.dumps(curve))
         (tmp_path / "curve.json").write_text(json.dumps(curve))
@@ -121,43 +136,73 @@ def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, t
         # Every served response got a Reward event, from a version that exists.
         rewards = rewards_by_response(kafka, len(turns))
         assert set(rewards) == {t.interaction.response_id for t in turns}
-        assert all(r.reward_model_version <= final.version and r.policy_version == 1 for rs in rewards.values()
-                   for r in rs)
+        assert all(
+            r.reward_model_version <= final.version and r.policy_version == 1
+            for rs in rewards.values()
+            for r in rs
+        )
 
-        # /v1/score serves the newest checkpoint (picked up without a restart), equal to a direct forward pass.
+        # /v1/score serves the newest checkpoint (picked up without a restart), equal to a direct forward
+        # pass of that checkpoint.
         sample = turns[:6]
-        inputs = [{"messages": [{"role": "user", "content": t.interaction.prompt_messages[0].content}],
-                   "response": t.interaction.response_text} for t in sample]
+        inputs = [
+            {
+                "messages": [{"role": "user", "content": t.interaction.prompt_messages[0].content}],
+                "response": t.interaction.response_text,
+            }
+            for t in sample
+        ]
         reply = httpx.post(service.url + "/v1/score", json={"inputs": inputs}, timeout=60).json()
         assert reply["reward_model_version"] == final.version
-        model = load_reward_model(model_dir, final.trainable_layers, checkpoints.path(final.version) / OVERLAY)
+        model = load_reward_model(
+            model_dir, final.trainable_layers, checkpoints.path(final.version) / OVERLAY
+        )
         encoder = ChatEncoder(load_tokenizer(model_dir), 2048)
         with torch.inference_mode():
-            direct = torch.stack([
-                model(*encoder.collate([encoder.encode(i["messages"], i["response"])]))[0] for i in inputs
-            ])
+            direct = torch.stack(
+                [model(*encoder.collate([encoder.encode(i["messages"], i["response"])]))[0] for i in inputs]
+            )
         print("max |served - direct|:", (torch.tensor(reply["rewards"]) - direct).abs().max().item())
         torch.testing.assert_close(torch.tensor(reply["rewards"]), direct, atol=1e-4, rtol=1e-4)
 
         assert metric(service.url, "rlhf_reward_model_version") == final.version
         assert metric(service.url, "rlhf_reward_heldout_accuracy") == final.heldout.accuracy
-        assert metric(service.url, "rlhf_reward_training_examples_seen", {"kind": "pointwise"}) == len(trainable)
+        assert metric(service.url, "rlhf_reward_training_examples_seen", {"kind": "pointwise"}) == len(
+            trainable
+        )
     finally:
         service.stop()
 
 
-def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(model_dir, kafka_settings, tmp_path):
+def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(
+    model_dir, kafka_settings, tmp_path
+):
     kafka = fresh_topics(kafka_settings, "restart")
     fraction = 0.1
     phase_a = rule_stream(seed=2, prompts=12)
     # The same user changes their mind: only the replacing vote may be trained.
     first = make_turn(random.Random(7), "Why is the sky blue?", liked=True)
-    replacement = Feedback(feedback_id="fb-replacement", response_id=first.interaction.response_id,
-                           rating=Rating.RATING_DOWN, replaces_feedback_id=first.feedback.feedback_id)
-    produce(kafka, [*event_records(phase_a), *event_records([first]),
-                    ("feedback", wire.key_of(replacement), wire.encode(replacement))])
-    settings = dict(heldout_fraction=fraction, checkpoint_every_examples=16, checkpoint_interval_s=15,
-                    heldout_eval_size=16, join_timeout_s=3)
+    replacement = Feedback(
+        feedback_id="fb-replacement",
+        response_id=first.interaction.response_id,
+        rating=Rating.RATING_DOWN,
+        replaces_feedback_id=first.feedback.feedback_id,
+    )
+    produce(
+        kafka,
+        [
+            *event_records(phase_a),
+            *event_records([first]),
+            ("feedback", wire.key_of(replacement), wire.encode(replacement)),
+        ],
+    )
+    settings = dict(
+        heldout_fraction=fraction,
+        checkpoint_every_examples=16,
+        checkpoint_interval_s=15,
+        heldout_eval_size=16,
+        join_timeout_s=3,
+    )
     log_path = tmp_path / "reward.log"
     checkpoints = CheckpointStore(tmp_path / "reward" / "checkpoints")
 
@@ -165,16 +210,19 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(mod
     try:
         # Kill once a checkpoint exists *and* more votes have been trained than it holds.
         def trained_beyond_checkpoint():
-            # Read the trained count before the checkpoint, so a checkpoint saved in between cannot look stale.
+            # Read the trained count before the checkpoint: a checkpoint saved in between cannot look stale.
             seen = metric(service.url, "rlhf_reward_training_examples_seen", {"kind": "pointwise"})
             state = latest_state(checkpoints)
-            return state is not None and state.version >= 1 and seen is not None and seen > state.votes_trained
+            return (
+                state is not None and state.version >= 1 and seen is not None and seen > state.votes_trained
+            )
+
         wait_for(trained_beyond_checkpoint, timeout_s=400, what="training past a checkpoint", service=service)
         service.stop(signal.SIGKILL)
     finally:
         service.stop()
     killed_at = latest_state(checkpoints)
-    # Offsets are committed only after a checkpoint: the group is never ahead of the checkpoint it restarts from.
+    # Offsets are committed only after a checkpoint: the group is never ahead of the checkpoint it resumes.
     committed = committed_offsets(kafka)
     for topic, parts in killed_at.offsets.items():
         assert committed[topic][0] is not None and committed[topic][0] <= parts[0]
@@ -182,11 +230,20 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(mod
     # While it is down: more traffic, a malformed record, and a vote for a response nobody served.
     phase_b = rule_stream(seed=3, prompts=4)
     unknown = Feedback(feedback_id="fb-unknown", response_id="resp-never-served", rating=Rating.RATING_UP)
-    produce(kafka, [*event_records(phase_b), ("feedback", b"junk", b"\x0a\xff\xff not a feedback"),
-                    ("feedback", wire.key_of(unknown), wire.encode(unknown))])
+    produce(
+        kafka,
+        [
+            *event_records(phase_b),
+            ("feedback", b"junk", b"\x0a\xff\xff not a feedback"),
+            ("feedback", wire.key_of(unknown), wire.encode(unknown)),
+        ],
+    )
     everything = [*phase_a, first, *phase_b]
-    expected = {t.feedback.feedback_id for t in [*phase_a, *phase_b]
-                if not is_heldout(t.feedback.response_id, fraction)}
+    expected = {
+        t.feedback.feedback_id
+        for t in [*phase_a, *phase_b]
+        if not is_heldout(t.feedback.response_id, fraction)
+    }
     if not is_heldout(first.interaction.response_id, fraction):
         expected.add(replacement.feedback_id)
 
@@ -194,21 +251,41 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(mod
     try:
         ends = end_offsets(kafka)
         final = wait_for(
-            lambda: (s := latest_state(checkpoints)) and s.votes_trained == len(expected) and s.offsets == ends and s,
-            timeout_s=400, what=f"all {len(expected)} trainable votes checkpointed", service=service,
+            lambda: (
+                (s := latest_state(checkpoints))
+                and s.votes_trained == len(expected)
+                and s.offsets == ends
+                and s
+            ),
+            timeout_s=400,
+            what=f"all {len(expected)} trainable votes checkpointed",
+            service=service,
         )
         ledger = [f for s in checkpoints.lineage(final.version) for f in s.trained_feedback_ids]
         assert len(ledger) == len(set(ledger)), "a vote was trained twice"
-        assert set(ledger) == expected, f"lost: {expected - set(ledger)}, unexpected: {set(ledger) - expected}"
+        assert set(ledger) == expected, (
+            f"lost: {expected - set(ledger)}, unexpected: {set(ledger) - expected}"
+        )
         assert first.feedback.feedback_id not in ledger  # superseded before it was trained
         assert killed_at.version in [s.version for s in checkpoints.lineage(final.version)]
         # The restart really resumed from a checkpoint that lacked some trained votes.
-        rolled = re.search(r"(\d+) votes trained after checkpoint (\d+) will be trained again", log_path.read_text())
+        rolled = re.search(
+            r"(\d+) votes trained after checkpoint (\d+) will be trained again", log_path.read_text()
+        )
         assert rolled and int(rolled.group(1)) >= 1 and int(rolled.group(2)) == killed_at.version
 
-        wait_for(lambda: metric(service.url, "rlhf_reward_unknown_response_ids_total", {"reason": "expired"}),
-                 timeout_s=60, what="the unknown response id to be counted", service=service)
-        assert metric(service.url, "rlhf_reward_malformed_events_total", {"topic": "feedback", "reason": "decode"}) == 1
+        wait_for(
+            lambda: metric(service.url, "rlhf_reward_unknown_response_ids_total", {"reason": "expired"}),
+            timeout_s=60,
+            what="the unknown response id to be counted",
+            service=service,
+        )
+        assert (
+            metric(
+                service.url, "rlhf_reward_malformed_events_total", {"topic": "feedback", "reason": "decode"}
+            )
+            == 1
+        )
         assert httpx.get(service.url + "/healthz", timeout=10).status_code == 200
         wait_for(lambda: committed_offsets(kafka) == final.offsets, timeout_s=30, what="offsets committed")
         rewards = rewards_by_response(kafka, len(everything))

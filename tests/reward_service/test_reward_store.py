@@ -11,12 +11,18 @@ UP, DOWN = Rating.RATING_UP, Rating.RATING_DOWN
 
 
 def interaction(response_id: str, prompt: str = "What is 2+2?", text: str = "4.") -> Interaction:
-    return Interaction(response_id=response_id, prompt_messages=[ChatMessage(role="user", content=prompt)],
-                       response_text=text, policy_version=3)
+    return Interaction(
+        response_id=response_id,
+        prompt_messages=[ChatMessage(role="user", content=prompt)],
+        response_text=text,
+        policy_version=3,
+    )
 
 
 def vote(feedback_id: str, response_id: str, rating=UP, replaces: str = "") -> Feedback:
-    return Feedback(feedback_id=feedback_id, response_id=response_id, rating=rating, replaces_feedback_id=replaces)
+    return Feedback(
+        feedback_id=feedback_id, response_id=response_id, rating=rating, replaces_feedback_id=replaces
+    )
 
 
 def trained_ids(store: JoinStore) -> list[str]:
@@ -37,19 +43,19 @@ def store(tmp_path):
 
 
 def test_vote_waits_for_its_interaction_then_joins(store):
-    r, = training_ids(1)
+    (r,) = training_ids(1)
     store.add_vote(vote("f1", r))
     assert store.pending() == 1
     assert trained_ids(store) == []
     store.add_interaction(interaction(r))
     assert store.pending() == 0
-    example, = store.trainable(10)
+    (example,) = store.trainable(10)
     assert (example.feedback_id, example.response, example.up) == ("f1", "4.", True)
     assert example.messages == [{"role": "user", "content": "What is 2+2?"}]
 
 
 def test_inserts_are_idempotent(store):
-    r, = training_ids(1)
+    (r,) = training_ids(1)
     assert store.add_interaction(interaction(r)) is True
     assert store.add_interaction(interaction(r)) is False
     assert store.add_vote(vote("f1", r)) is True
@@ -58,7 +64,7 @@ def test_inserts_are_idempotent(store):
 
 
 def test_replacement_trains_only_the_latest_vote(store):
-    r, = training_ids(1)
+    (r,) = training_ids(1)
     store.add_interaction(interaction(r))
     store.add_vote(vote("f1", r, UP))
     store.add_vote(vote("f2", r, DOWN, replaces="f1"))
@@ -66,7 +72,7 @@ def test_replacement_trains_only_the_latest_vote(store):
 
 
 def test_replacement_arriving_first_still_supersedes(store):
-    r, = training_ids(1)
+    (r,) = training_ids(1)
     store.add_interaction(interaction(r))
     store.add_vote(vote("f2", r, DOWN, replaces="f1"))
     store.add_vote(vote("f1", r, UP))
@@ -152,7 +158,7 @@ def test_prune_keeps_interactions_with_votes_to_train(store):
 
 
 def test_store_survives_reopen(tmp_path):
-    r, = training_ids(1)
+    (r,) = training_ids(1)
     first = JoinStore(tmp_path / "j.sqlite", 0.5)
     first.add_interaction(interaction(r))
     first.add_vote(vote("f1", r))
