@@ -48,6 +48,9 @@ class Learner:
 
     def __init__(self, cfg: LearnerConfig, kafka: KafkaSettings):
         self.cfg = cfg
+        # /metrics answers from the start, so supervisors see the process alive while models load.
+        self._metrics_server, _ = start_http_server(cfg.metrics_port)
+        self.metrics_port = self._metrics_server.server_port
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.init_model)
         self.reference = load_lm(cfg.init_model, trainable=False)
@@ -82,8 +85,6 @@ class Learner:
             self.state.baseline_answers = gates.answer_texts(self.tokenizer, answers)
 
         self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets)
-        self._metrics_server, _ = start_http_server(cfg.metrics_port)
-        self.metrics_port = self._metrics_server.server_port
         m.POLICY_VERSION.set(self.state.parent_version)
         m.KL_COEF.set(self.trainer.kl_ctl.value)
         if self.state.pending is not None:

@@ -1,8 +1,10 @@
 """One learner iteration on the real broker and model: a promoted v1 that loads, and a rejected version."""
 
 import re
+import threading
 
 import httpx
+import pytest
 import torch
 from kafka import KafkaProducer
 from safetensors import safe_open
@@ -133,3 +135,38 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
     store = tmp_path / "state" / "policies"
     assert not (store / "v4").exists() and not list(store.glob(".staging-*"))
     assert state.parent_version == 3 and state.pending is None
+
+
+def test_generate_mode_samples_its_own_responses_for_live_prompts(
+    tmp_path, fresh_kafka, scorer, make_interactions
+):
+    # Prompt-only events: a learner that used served responses would have nothing to train on.
+    events = make_interactions(4)
+    for e in events:
+        e.ClearField("response_token_ids")
+        e.ClearField("behaviour_logprobs")
+        e.ClearField("response_text")
+    produce(fresh_kafka, events)
+    cfg = small_config(
+        tmp_path / "state",
+        scorer,
+        tmp_path / "prompts",
+        mode="generate",
+        response_length=8,
+        ppo_epochs=1,
+        num_minibatches=1,
+        publish_every=1000,
+    )
+    learner = Learner(cfg, fresh_kafka)
+    try:
+        before = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
+        stats = learner.iterate(threading.Event())
+        after = learner.policy.lm.state_dict()
+    finally:
+        learner.close()
+    assert stats is not None and stats.behaviour_gap is None  # no behaviour log-probs: on-policy samples
+    assert stats.ratio_mean == pytest.approx(1.0, abs=1e-4)  # one step from π_old = π_θk
+    assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)
+    assert learner.state.dropped == {}
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert read_policy_records(fresh_kafka) == []
