@@ -21,16 +21,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
+# As reward_service/cli.py does: sleep, not spin, in idle OpenMP workers on a shared machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from reward_service.checkpoint import CheckpointStore
-from reward_service.metrics import RewardMetrics
-from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
-from reward_service.scorer import Scorer
-from reward_service.service import ensure_initial_checkpoint
-from reward_service.settings import Settings
-from reward_service.store import Example, Pair
-from reward_service.trainer import Trainer
+import torch  # noqa: E402
+
+from reward_service.checkpoint import CheckpointStore  # noqa: E402
+from reward_service.metrics import RewardMetrics  # noqa: E402
+from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer  # noqa: E402
+from reward_service.scorer import Scorer  # noqa: E402
+from reward_service.service import ensure_initial_checkpoint  # noqa: E402
+from reward_service.settings import Settings  # noqa: E402
+from reward_service.store import Example, Pair  # noqa: E402
+from reward_service.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORDS = "the a model answer is of to and in that it for you can this with be on as are at by".split()
