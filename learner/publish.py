@@ -81,6 +81,7 @@ class LocalPolicyStore:
             self.discard(staged)
             return final.resolve().as_uri()
         for f in staged.path.iterdir():
+            f.chmod(0o644)  # save_pretrained writes 0600; serving may run as another user of the store
             _fsync(f)
         # rename is atomic: a reader (serving) never sees a half-written version directory
         os.rename(staged.path, final)
