@@ -3,6 +3,7 @@
 Used by the main job (loop/run.py) and by the end-to-end tests.
 """
 
+import ctypes
 import os
 import random
 import signal
@@ -30,6 +31,12 @@ def free_port(consecutive: int = 1) -> int:
             continue
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed main job leaves no orphan (Linux)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Service:
     """A service subprocess ``python -m <module> [args] <port_flag> <port>``, ready when an HTTP path answers 200.
 
@@ -50,7 +57,7 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         return self
 
     def wait_ready(self, ready_path: str = "/healthz", timeout_s: float = 240.0) -> "Service":

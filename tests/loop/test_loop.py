@@ -15,7 +15,7 @@ def test_votes_lead_to_a_promoted_version_served_in_place(kafka_settings, tmp_pa
         sys.executable, "-m", "loop.run", "--until-version", "1", "--duration", "900", "--users", "3",
         "--max-tokens", "48", "--batch-size", "4", "--progress-every", "30", "--no-prometheus",
         "--serving-port", str(free_port()), "--reward-port", str(free_port()), "--learner-port", str(free_port()),
-        "--work-dir", str(work), "--learner-arg=--gate-max-new-tokens=48",
+        "--work-dir", str(work),
     ]
     env = {**__import__("os").environ, **kafka_env(kafka_settings)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
