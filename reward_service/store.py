@@ -217,17 +217,21 @@ class JoinStore:
             " AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.response_id = v.response_id)"
         ).fetchone()[0]
 
-    def drop_unjoined(self, timeout_s: float, max_pending: int) -> tuple[int, int]:
-        """Give up on votes whose interaction did not come: those waiting longer than ``timeout_s``, then
-        the oldest beyond ``max_pending``. Returns (expired, evicted) counts; both are unknown response ids.
+    def drop_unjoined(self, timeout_s: float | None, max_pending: int) -> tuple[int, int]:
+        """Give up on votes whose interaction did not come: those waiting longer than ``timeout_s`` (no
+        timeout when None), then the oldest beyond ``max_pending``. Returns (expired, evicted) counts; both
+        are unknown response ids.
         """
         unjoined = (
             "dropped = 0"
             " AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.response_id = votes.response_id)"
         )
-        expired = self.db.execute(
-            f"UPDATE votes SET dropped = 1 WHERE {unjoined} AND arrived_at < ?", (time.time() - timeout_s,)
-        ).rowcount
+        expired = 0
+        if timeout_s is not None:
+            expired = self.db.execute(
+                f"UPDATE votes SET dropped = 1 WHERE {unjoined} AND arrived_at < ?",
+                (time.time() - timeout_s,),
+            ).rowcount
         evicted = self.db.execute(
             f"UPDATE votes SET dropped = 1 WHERE id IN (SELECT id FROM votes WHERE {unjoined}"
             " ORDER BY id DESC LIMIT -1 OFFSET ?)",

@@ -191,11 +191,11 @@ class StreamWorker(threading.Thread):
         self.store.commit()
         if interactions:
             self._publish_rewards(interactions)
-        if not polled:
-            # Caught up on both topics: a vote still unjoined now has really outwaited its interaction.
-            expired, evicted = self.store.drop_unjoined(s.join_timeout_s, s.max_pending_votes)
-            self.metrics.unknown_response_ids.labels("expired").inc(expired)
-            self.metrics.unknown_response_ids.labels("evicted").inc(evicted)
+        # Time out unjoined votes only when caught up on both topics: while a backlog is being read, their
+        # interactions may still be in it (after a long outage every vote would look late).
+        expired, evicted = self.store.drop_unjoined(None if polled else s.join_timeout_s, s.max_pending_votes)
+        self.metrics.unknown_response_ids.labels("expired").inc(expired)
+        self.metrics.unknown_response_ids.labels("evicted").inc(evicted)
         self.metrics.pending_joins.set(self.store.pending())
         self._train()
         waited = time.monotonic() - self.saved_at

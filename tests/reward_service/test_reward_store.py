@@ -131,8 +131,9 @@ def test_unjoined_votes_are_dropped_after_timeout_or_beyond_the_bound(store):
     store.add_vote(vote("f1", "never-1"))
     store.add_vote(vote("f2", "never-2"))
     store.add_vote(vote("f3", "never-3"))
-    assert store.drop_unjoined(timeout_s=3600, max_pending=2) == (0, 1)  # the oldest goes
+    assert store.drop_unjoined(timeout_s=None, max_pending=2) == (0, 1)  # the oldest goes
     assert store.pending() == 2
+    assert store.drop_unjoined(timeout_s=3600, max_pending=2) == (0, 0)
     assert store.drop_unjoined(timeout_s=0, max_pending=10) == (2, 0)
     assert store.pending() == 0
     store.add_interaction(interaction("never-1"))  # too late: stays dropped
