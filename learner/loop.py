@@ -11,12 +11,14 @@ Order within an iteration, and why:
 7. commit the offsets to the consumer group — only now, so a crash before this point re-reads the batch
    and the restored checkpoint has not counted it: no event lost, none counted twice;
 8. publish the pending verdict: promoted weights to the store plus a PROMOTED record, or a REJECTED
-   record with the reason. A crash between 6 and 8 is finished on restart, idempotently (by sha256).
+   record with the reason, after which training resumes from the last promoted weights. A crash between
+   6 and 8 is finished on restart, idempotently (by sha256).
 """
 
 import logging
 import threading
 import time
+from pathlib import Path
 
 import torch
 from prometheus_client import start_http_server
@@ -31,6 +33,7 @@ from learner.reward import RewardClient, ScoreRequest
 from learner.rollout import InteractionReader, Rollout
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
+from proto.policy_log import PolicyLog
 from proto.events_pb2 import Interaction, PolicyStatus, PolicyVersion
 from proto.topics import KafkaSettings
 
@@ -71,9 +74,7 @@ class Learner:
             # Start from what serving serves (live data comes from it): pinned, else latest promoted, else 0.
             policies = self.policy_topic.read()
             version = policies.target()
-            path = (
-                self.store.local_dir(policies.versions[version].checkpoint_uri) if version else cfg.init_model
-            )
+            path = self._weights_of(policies, version)
             self.policy = PolicyWithValueHead(load_lm(path, trainable=True))
             self.trainer = PPOTrainer(cfg, self.policy, self.reference)
             self.state = LearnerState(kl_coef=cfg.init_kl_coef, parent_version=version)
@@ -89,6 +90,21 @@ class Learner:
         m.KL_COEF.set(self.trainer.kl_ctl.value)
         if self.state.pending is not None:
             self.publish(self.state.pending)
+
+    def _weights_of(self, policies: PolicyLog, version: int) -> Path:
+        """Directory of ``version``'s weights: the store's copy, or ``cfg.init_model`` for version 0."""
+        return self.store.local_dir(policies.versions[version].checkpoint_uri) if version else self.cfg.init_model
+
+    def _revert(self, policies: PolicyLog) -> None:
+        """Back to the parent (last promoted) version's weights, with fresh Adam moments.
+
+        Training on top of a rejected candidate would compound whatever broke its gate (e.g. an answer that
+        no longer ends); the value head is kept, its estimates are still about the same reward model.
+        """
+        path = self._weights_of(policies, self.state.parent_version)
+        self.policy.lm.load_state_dict(load_lm(path, trainable=False).state_dict())
+        self.trainer.optimizer.state.clear()
+        log.info("rejected candidate discarded: training resumes from v%d", self.state.parent_version)
 
     # 1. which events are usable
     def _reject(self, event: Interaction) -> str | None:
@@ -231,6 +247,7 @@ class Learner:
             m.POLICY_VERSION.set(record.version)
         else:
             m.VERSIONS_REJECTED.inc()
+            self._revert(policies)
         state.pending = None
         return record
 

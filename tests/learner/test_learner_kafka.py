@@ -119,6 +119,11 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
     try:
         state = learner.run()
         metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
+        # The rejected candidate is discarded: training resumes from v3's weights (the bundled model's,
+        # which the reference also holds) with fresh optimizer moments.
+        reference = dict(learner.reference.named_parameters())
+        assert all(torch.equal(p, reference[n]) for n, p in learner.policy.lm.named_parameters())
+        assert not learner.trainer.optimizer.state
     finally:
         learner.close()
 
