@@ -2,6 +2,7 @@
 serving swaps in without a restart and that tags later responses."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ def test_votes_lead_to_a_promoted_version_served_in_place(kafka_settings, tmp_pa
         # about how fast the policy improves (that is bench/loop).
         "--learner-arg=--learning-rate=1e-6", "--learner-arg=--ppo-epochs=1",
     ]
-    env = {**__import__("os").environ, **kafka_env(kafka_settings)}
+    env = {**os.environ, **kafka_env(kafka_settings)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     logs = {p.name: p.read_text()[-3000:] for p in (work / "logs").glob("*.log")}
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{logs}"
