@@ -11,6 +11,8 @@ import json
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -172,6 +174,18 @@ def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, t
         )
     finally:
         service.stop()
+
+    # The operator's view of the same curve.
+    printed = subprocess.run(
+        [sys.executable, "-m", "reward_service.cli", "curve"],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.splitlines()
+    assert [json.loads(line)["version"] for line in printed] == list(range(final.version + 1))
+    assert json.loads(printed[-1])["auc"] == final.heldout.auc
 
 
 def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(
