@@ -92,6 +92,14 @@ class StreamWorker(threading.Thread):
         self.version = self.checkpoints.latest()
         self.state = self.checkpoints.state(self.version)
         self.store = JoinStore(s.store_path, s.heldout_fraction)
+        if s.trainable_layers != self.state.trainable_layers:
+            log.warning(
+                "trainable_layers=%d is ignored: the checkpoints in %s train %d layers "
+                "(a new state dir starts a lineage with the new setting)",
+                s.trainable_layers,
+                self.checkpoints.root,
+                self.state.trainable_layers,
+            )
         rolled_back = self.store.rollback(self.version)
         if rolled_back:
             log.info("%d votes trained after checkpoint %d will be trained again", rolled_back, self.version)
