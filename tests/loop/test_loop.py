@@ -23,8 +23,9 @@ def test_votes_lead_to_a_promoted_version_served_in_place(kafka_settings, tmp_pa
     ]
     env = {**os.environ, **kafka_env(kafka_settings)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    logs = {p.name: p.read_text()[-3000:] for p in (work / "logs").glob("*.log")}
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{logs}"
+    logs = {p.name: p.read_text() for p in (work / "logs").glob("*.log")}
+    tails = {name: text[-3000:] for name, text in logs.items()}
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{tails}"
     assert "stopping" in done.stdout
 
     report = json.loads((work / "reports" / "report.json").read_text())
