@@ -29,6 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from learner.checkpoint import fsync
 from proto import policy_store, topics, wire
 from proto.events_pb2 import PolicyVersion
 from proto.policy_log import PolicyLog
@@ -82,10 +83,10 @@ class LocalPolicyStore:
             return final.resolve().as_uri()
         for f in staged.path.iterdir():
             f.chmod(0o644)  # save_pretrained writes 0600; serving may run as another user of the store
-            _fsync(f)
+            fsync(f)
         # rename is atomic: a reader (serving) never sees a half-written version directory
         os.rename(staged.path, final)
-        _fsync(self.root)
+        fsync(self.root)
         return final.resolve().as_uri()
 
     def discard(self, staged: StagedPolicy) -> None:
@@ -93,14 +94,6 @@ class LocalPolicyStore:
 
     def local_dir(self, uri: str) -> Path:
         return policy_store.local_dir(uri)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 STORES = {"file": lambda uri: LocalPolicyStore(policy_store.local_dir(uri))}
