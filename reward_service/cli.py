@@ -24,8 +24,14 @@ from reward_service.settings import Settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "curve"])
+    parser = argparse.ArgumentParser(prog="rlhf-reward", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "curve"],
+        help="serve (default): run the service; curve: print the held-out learning curve",
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8001)")
     parser.add_argument("--no-train", action="store_true", help="only serve scores; do not read Kafka")
