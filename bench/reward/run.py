@@ -5,8 +5,8 @@
 Scoring goes through the service's own ``Scorer.score`` (what ``POST /v1/score`` runs, without HTTP) at
 request batch sizes 1, 8 and 32; training through ``Trainer.step`` on batches of ``train_batch_size``
 votes with a Bradley–Terry pair per two votes, as the stream worker builds them. Each measurement runs
-one warm-up call, then repeats for at least ``--seconds`` and reports the median call. Prints a table and
-writes
+one warm-up call, then repeats for at least ``--seconds`` and reports the median and the fastest call.
+Prints a table and writes
 ``bench/results/reward-<timestamp>.json``.
 """
 
@@ -51,11 +51,11 @@ def make_inputs(n: int, response_tokens: int, rng: random.Random) -> list[tuple[
     ]
 
 
-def repeat(fn, seconds: float) -> tuple[int, float]:
+def repeat(fn, seconds: float) -> dict:
     """Call ``fn`` once to warm up, then until ``seconds`` pass (at least 3 times).
 
-    Returns (calls, median seconds per call): the median, because the machine is shared and a neighbour's
-    burst inflates a few calls by several times.
+    Returns the number of calls and the median and fastest call, in ms. The machine is shared: the median
+    is the typical call beside the neighbours' load, the fastest the closest to what the cores can do.
     """
     fn()
     durations: list[float] = []
@@ -64,24 +64,23 @@ def repeat(fn, seconds: float) -> tuple[int, float]:
         t0 = time.perf_counter()
         fn()
         durations.append(time.perf_counter() - t0)
-    return len(durations), statistics.median(durations)
-
-
-def bench_scoring(scorer: Scorer, batch: int, seconds: float, response_tokens: int, rng) -> dict:
-    inputs = make_inputs(batch, response_tokens, rng)
-    tokens = sum(len(scorer.encoder.encode(m, r)) for m, r in inputs) / batch
-    calls, median = repeat(lambda: scorer.score(inputs, source="bench"), seconds)
     return {
-        "kind": "score",
-        "batch": batch,
-        "calls": calls,
-        "latency_ms": 1000 * median,
-        "sequences_per_s": batch / median,
-        "tokens_per_sequence": tokens,
+        "calls": len(durations),
+        "median_ms": 1000 * statistics.median(durations),
+        "best_ms": 1000 * min(durations),
     }
 
 
+def bench_scoring(scorer: Scorer, batch: int, seconds: float, response_tokens: int, rng) -> dict:
+    """Scoring one request of ``batch`` inputs; rates in sequences per second."""
+    inputs = make_inputs(batch, response_tokens, rng)
+    tokens = sum(len(scorer.encoder.encode(m, r)) for m, r in inputs) / batch
+    timing = repeat(lambda: scorer.score(inputs, source="bench"), seconds)
+    return {"kind": "score", "batch": batch, "tokens_per_sequence": tokens, **timing, **rates(timing, batch)}
+
+
 def bench_training(settings: Settings, seconds: float, response_tokens: int, rng) -> dict:
+    """One optimiser step on ``train_batch_size`` votes; rates in training examples (votes) per second."""
     model = load_reward_model(settings.base_model, settings.trainable_layers)
     encoder = ChatEncoder(load_tokenizer(settings.base_model), settings.max_context_tokens)
     trainer = Trainer(
@@ -90,15 +89,24 @@ def bench_training(settings: Settings, seconds: float, response_tokens: int, rng
     inputs = make_inputs(settings.train_batch_size, response_tokens, rng)
     votes = [Example(f"f{i}", f"r{i}", m, r, up=i % 2 == 0) for i, (m, r) in enumerate(inputs)]
     pairs = [Pair(votes[i], votes[i + 1]) for i in range(0, len(votes) - 1, 2)]
-    calls, median = repeat(lambda: trainer.step(votes, pairs), seconds)
+    tokens = sum(len(encoder.encode(v.messages, v.response)) for v in votes) / len(votes)
+    timing = repeat(lambda: trainer.step(votes, pairs), seconds)
     return {
         "kind": "train",
         "batch": len(votes),
+        "tokens_per_sequence": tokens,
         "pairs_per_step": len(pairs),
-        "calls": calls,
-        "step_ms": 1000 * median,
-        "examples_per_s": len(votes) / median,
         "trainable_layers": settings.trainable_layers,
+        **timing,
+        **rates(timing, len(votes)),
+    }
+
+
+def rates(timing: dict, items: int) -> dict:
+    """Items per second at the median and at the fastest call."""
+    return {
+        "per_s_median": 1000 * items / timing["median_ms"],
+        "per_s_best": 1000 * items / timing["best_ms"],
     }
 
 
@@ -118,18 +126,14 @@ def main() -> None:
         del scorer  # free its copy of the weights before the trainer loads its own
         rows.append(bench_training(settings, args.seconds, args.response_tokens, rng))
 
-    print(f"{'what':<10}{'batch':>6}{'tokens/seq':>12}{'ms/call':>10}{'per second':>14}  (median call)")
+    header = ("what", "batch", "tokens/seq", "median ms", "per s", "best ms", "per s (best)")
+    print("{:<7}{:>6}{:>12}{:>11}{:>8}{:>9}{:>14}".format(*header))
     for row in rows:
-        if row["kind"] == "score":
-            print(
-                f"{'score':<10}{row['batch']:>6}{row['tokens_per_sequence']:>12.0f}{row['latency_ms']:>10.0f}"
-                f"{row['sequences_per_s']:>10.1f} seq"
-            )
-        else:
-            print(
-                f"{'train':<10}{row['batch']:>6}{'':>12}{row['step_ms']:>10.0f}"
-                f"{row['examples_per_s']:>10.1f} ex"
-            )
+        unit = "seq" if row["kind"] == "score" else "votes"
+        print(
+            f"{row['kind']:<7}{row['batch']:>6}{row['tokens_per_sequence']:>12.0f}{row['median_ms']:>11.0f}"
+            f"{row['per_s_median']:>8.1f}{row['best_ms']:>9.0f}{row['per_s_best']:>14.1f}  {unit}/s"
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report = {
         "bench": "reward",
