@@ -1,6 +1,5 @@
 """Fixtures of the reward-service tests: the reward model loaded once, a service subprocess, a producer."""
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -8,7 +7,7 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from loop.processes import Service
+from loop.processes import Service, free_port
 from proto import wire
 from proto.topics import KafkaSettings, ensure_topics
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
@@ -25,12 +24,6 @@ def encoder(model_dir) -> ChatEncoder:
 def reward_model(model_dir):
     """A reward model built from the bundled SFT model (v0 weights: zero head). Tests must not train it."""
     return load_reward_model(model_dir, trainable_layers=4)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fresh_topics(base: KafkaSettings, name: str) -> KafkaSettings:
