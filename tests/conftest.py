@@ -6,6 +6,7 @@ other's events.
 """
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -45,29 +46,40 @@ def kafka_env(settings: KafkaSettings) -> dict[str, str]:
 
 
 class TopicReader:
-    """Reads a topic's events from a fixed start offset onward (partition 0 .. n), decoded."""
+    """Reads a topic's events, decoded, from where its end was when the reader was made.
+
+    ``reconnect()`` starts a fresh consumer at the same positions: a consumer that lived through a
+    broker restart may reset its position to the end and miss what arrived meanwhile.
+    """
 
     def __init__(self, settings: KafkaSettings, name: str):
-        self.name = name
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, consumer_timeout_ms=500
-        )
+        self.name, self.settings = name, settings
+        self.consumer = self._consumer()
         topic = settings.topic(name)
         self.partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
         self.consumer.assign(self.partitions)
         self.consumer.seek_to_end()
-        for tp in self.partitions:
-            self.consumer.position(tp)
+        self.positions = {tp: self.consumer.position(tp) for tp in self.partitions}
+
+    def _consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
+
+    def reconnect(self) -> None:
+        """Replace the consumer by a new one at the positions read so far."""
+        self.consumer.close()
+        self.consumer = self._consumer()
+        self.consumer.assign(self.partitions)
+        for tp, offset in self.positions.items():
+            self.consumer.seek(tp, offset)
 
     def read(self, count: int, timeout_s: float = 30.0) -> list:
         """Return the next ``count`` events (fewer if ``timeout_s`` passes first)."""
-        import time
-
         events = []
         deadline = time.monotonic() + timeout_s
         while len(events) < count and time.monotonic() < deadline:
-            for records in self.consumer.poll(timeout_ms=500).values():
+            for tp, records in self.consumer.poll(timeout_ms=500, max_records=count - len(events)).items():
                 events.extend(wire.decode(self.name, r.value) for r in records)
+                self.positions[tp] = records[-1].offset + 1
         return events
 
     def close(self) -> None:

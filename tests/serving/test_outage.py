@@ -39,6 +39,8 @@ def test_events_survive_broker_outage_and_serving_restart(server, broker, broker
     server.stop()
     server.start(ready_path="/healthz")
     kafka_ctl("start", BROKER_PORT, broker_dir)
+    interactions.reconnect()
+    feedback.reconnect()
 
     got_interactions = interactions.read(N, timeout_s=60)
     got_feedback = feedback.read(N, timeout_s=30)
