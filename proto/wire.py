@@ -50,11 +50,14 @@ def encode(event: Message) -> bytes:
 def decode(topic_name: str, value: bytes) -> Message:
     """Parse ``value`` as the event type of ``topic_name`` (without prefix, e.g. ``"feedback"``).
 
-    Raises :class:`MalformedEvent` when the bytes do not parse, and ``KeyError`` for an unknown topic.
+    Raises :class:`MalformedEvent` when the bytes do not parse (a null value, i.e. a tombstone, included),
+    and ``KeyError`` for an unknown topic.
     """
     event = EVENT_TYPES[topic_name]()
+    if value is None:
+        raise MalformedEvent(f"null value where a {type(event).__name__} was expected")
     try:
         event.ParseFromString(value)
-    except DecodeError as exc:
+    except (DecodeError, TypeError) as exc:
         raise MalformedEvent(f"not a {type(event).__name__}: {exc}") from exc
     return event

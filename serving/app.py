@@ -30,7 +30,11 @@ from serving.settings import Settings
 
 
 class MetricsMiddleware:
-    """Counts requests and times them to the last body byte (so streams are timed whole), per route."""
+    """Counts requests and times them to the last body byte (so streams are timed whole), per route.
+
+    A request whose handler raised counts as status 500; a stream the client left before its end as 499
+    (the client closed the request), so error-rate alerts see both.
+    """
 
     def __init__(self, app):
         self.app = app
@@ -39,19 +43,65 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.monotonic()
-        status = {"code": 500}
+        status: int | None = None
+        recorded = False
+
+        def record(code: int) -> None:
+            nonlocal recorded
+            recorded = True
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            metrics.REQUESTS.labels(endpoint=endpoint, status=str(code)).inc()
+            metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(time.monotonic() - started)
 
         async def timed_send(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                route = scope.get("route")
-                endpoint = getattr(route, "path", "unmatched")
-                metrics.REQUESTS.labels(endpoint=endpoint, status=str(status["code"])).inc()
-                metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(time.monotonic() - started)
+                status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record(status)
 
-        await self.app(scope, receive, timed_send)
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            if not recorded:
+                record(499 if status is not None else 500)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413 before anything reads them whole.
+
+    Without it a multi-megabyte body is parsed and tokenized on the event loop, stalling every client.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise errors.APIError(413, self._message(), "invalid_request_error", code="request_too_large")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"Request body exceeds {self.max_bytes} bytes."
+
+    async def _refuse(self, send) -> None:
+        response = JSONResponse(errors.error_body(errors.ErrorInfo(
+            message=self._message(), type="invalid_request_error", code="request_too_large")), status_code=413)
+        await response({"type": "http"}, None, send)
 
 
 def get_state(request: Request):
@@ -63,8 +113,8 @@ State = Annotated[object, Depends(get_state)]
 
 def caller_of(
     request: Request,
-    x_request_id: Annotated[str | None, Header()] = None,
-    x_session_id: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header(max_length=128)] = None,
+    x_session_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Caller:
     """Ids for the events: the request id (propagated from X-Request-Id), user and session (X-Session-Id)."""
     request_id = x_request_id or f"req-{uuid.uuid4().hex}"
@@ -156,5 +206,6 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
     app.include_router(router)
     app.include_router(admin.router)
     ui.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -46,6 +46,7 @@ class _Response:
     response_id: str
     version: int
     prompt_ids: list[int]
+    max_tokens: int  # the completion budget it was generated with (tokens)
     started: float  # time.monotonic() when the request arrived
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
@@ -100,7 +101,7 @@ class ChatService:
             temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop_list, seed=req.seed
         )
         version, deltas = await self.engine.generate(prompt_ids, params, caller.request_id)
-        return _Response(f"chatcmpl-{uuid.uuid4().hex}", version, prompt_ids, started), deltas
+        return _Response(f"chatcmpl-{uuid.uuid4().hex}", version, prompt_ids, max_tokens, started), deltas
 
     def record(self, req: ChatCompletionRequest, resp: _Response, caller: Caller) -> None:
         """Log ``resp`` as one Interaction event and index its id. Raises ``OSError`` if not durable."""
@@ -119,7 +120,7 @@ class ChatService:
             sampling=events_pb2.SamplingParams(
                 temperature=req.temperature,
                 top_p=req.top_p,
-                max_tokens=req.completion_limit or 0,
+                max_tokens=resp.max_tokens,
                 stop=req.stop_list,
                 seed=req.seed,
             ),

@@ -1,42 +1,94 @@
 """Request and response schemas of serving's HTTP API.
 
 Chat completions follow OpenAI's Chat Completions API (fields in the spec's order); our extensions are
-marked. Fields of the OpenAI API that we do not support are accepted and ignored when left at their
-defaults, so off-the-shelf clients work; ``n`` other than 1 is refused.
+marked. Fields of the OpenAI API that we do not support are accepted and ignored, so off-the-shelf
+clients work; ``n`` other than 1 is refused. Message content may be a string or a list of text parts;
+role ``developer`` is OpenAI's newer name for ``system``. Validation is strict: a value of the wrong JSON
+type is refused, not converted.
 """
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+INT64_MAX = 2**63 - 1
+
+
+def _utf8(text: str) -> str:
+    """Refuse strings that cannot be UTF-8 encoded (lone surrogates): the tokenizer and the wire need UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode ({exc.reason} at index {exc.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
+class TextPart(BaseModel):
+    """A content part; only text parts are supported."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text"]
+    text: Text
+
+
+_PARTS = TypeAdapter(list[TextPart])
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text = Field(description="A string, or a list of text parts (joined).")
+
+    @field_validator("role")
+    @classmethod
+    def _developer_is_system(cls, role: str) -> str:
+        # OpenAI's newer name for system instructions; the chat template knows "system".
+        return "system" if role == "developer" else role
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_parts(cls, content: object) -> object:
+        if isinstance(content, list):
+            return "".join(part.text for part in _PARTS.validate_python(content))
+        return content
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
+StopString = Annotated[str, Field(min_length=1), AfterValidator(_utf8)]
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a wrong JSON type is an error (422), not silently converted ("5" is not a number).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
     n: Literal[1] = 1
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=INT64_MAX)
+    stop: list[StopString] | None = Field(None, max_length=4, description="A string or up to 4 strings.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    user: str | None = Field(None, max_length=256, description="End-user id; recorded as the events' user id.")
+    user: Text | None = Field(None, max_length=256, description="End-user id; recorded as the events' user id.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, stop: object) -> object:
+        return [stop] if isinstance(stop, str) else stop
 
     @property
     def completion_limit(self) -> int | None:
@@ -45,9 +97,7 @@ class ChatCompletionRequest(BaseModel):
 
     @property
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return self.stop or []
 
 
 class Usage(BaseModel):
@@ -116,12 +166,12 @@ class ModelList(BaseModel):
 class FeedbackRequest(BaseModel):
     """A thumbs vote on a response this service generated (our API, not OpenAI's)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     response_id: str = Field(min_length=1, max_length=128)
     rating: Literal["up", "down"]
-    comment: str | None = Field(None, max_length=4000)
-    user: str | None = Field(None, max_length=256, description="Voter id; defaults to 'anonymous'.")
+    comment: Text | None = Field(None, max_length=4000)
+    user: Text | None = Field(None, max_length=256, description="Voter id; defaults to 'anonymous'.")
 
 
 class FeedbackResponse(BaseModel):

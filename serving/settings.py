@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     )
     max_model_len: int = Field(2048, description="Context length in tokens (prompt + completion).")
     default_max_tokens: int = Field(256, description="Completion budget when a request sets none (tokens).")
+    max_request_bytes: int = Field(1 << 20, description="Largest request body accepted (bytes); larger → 413.")
     kv_cache_gib: int = Field(1, description="KV cache size on CPU (GiB).")
     state_dir: Path = Field(default_factory=default_state_dir)
     data_dir: Path | None = Field(
@@ -46,4 +47,7 @@ class Settings(BaseSettings):
     def _derive_paths(self) -> "Settings":
         if self.data_dir is None:
             self.data_dir = self.state_dir / "serving"
+        if not (self.model_path / "config.json").exists():
+            raise ValueError(f"no model at {self.model_path} (RLHF_SERVING_MODEL_PATH): run ./rlhf setup, or "
+                             "point it at a Hugging Face model directory")
         return self

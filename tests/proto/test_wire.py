@@ -33,6 +33,7 @@ def test_round_trip_and_keys():
     assert wire.key_of(events_pb2.PolicyVersion(version=12)) == b"12"
 
 
-def test_malformed_bytes_are_refused():
+@pytest.mark.parametrize("value", [b"\xff\xff\xff", None, "text, not bytes"])
+def test_malformed_values_are_refused(value):
     with pytest.raises(wire.MalformedEvent):
-        wire.decode("feedback", b"\xff\xff\xff")
+        wire.decode("feedback", value)

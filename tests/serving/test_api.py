@@ -105,6 +105,16 @@ LONG = "word " * 1500
         ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "meh"}, 422, "rating"),
         ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "up", "stars": 5}, 422, "stars"),
         ("/v1/feedback", b"[1,", 400, None),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": ""},
+         422, "stop.0"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": 2**70},
+         422, "seed"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                  "max_tokens": "5"}, 422, "max_tokens"),
+        ("/v1/chat/completions",  # a lone surrogate: valid JSON, not valid Unicode
+         b'{"model": "%s", "messages": [{"role": "user", "content": "x\\ud800y"}]}' % MODEL.encode(),
+         422, "messages.0.content"),
+        ("/v1/chat/completions", b'{"model": "' + b"x" * (2 << 20) + b'"}', 413, None),
     ],
 )
 def test_bad_input_gets_a_clear_error(server, path, body, status, param):
@@ -118,6 +128,20 @@ def test_bad_input_gets_a_clear_error(server, path, body, status, param):
     assert error["param"] == param
     if param:
         assert param in error["message"] or status in (400, 404)
+
+
+def test_openai_content_parts_and_developer_role(client, broker):
+    interactions = TopicReader(broker, "interactions")
+    completion = client.chat.completions.create(
+        model=MODEL, max_tokens=4,
+        messages=[{"role": "developer", "content": "Answer briefly."},
+                  {"role": "user", "content": [{"type": "text", "text": "What is the capital "},
+                                               {"type": "text", "text": "of France?"}]}])
+    [event] = interactions.read(1)
+    assert event.response_id == completion.id
+    assert [(m.role, m.content) for m in event.prompt_messages] == [
+        ("system", "Answer briefly."), ("user", "What is the capital of France?")]
+    assert event.sampling.max_tokens == 4
 
 
 def test_models_health_and_metrics(client, server):
