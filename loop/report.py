@@ -88,7 +88,9 @@ def _reward_metrics(reward_url: str | None) -> dict[str, float]:
         text = httpx.get(f"{reward_url}/metrics", timeout=5).text
     except httpx.HTTPError:
         return {}
-    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    # NaN (no held-out votes evaluated yet) is "unknown", and JSON has no NaN.
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.value == s.value}
 
 
 def collect(kafka: KafkaSettings, reward_url: str | None = None) -> Report:
@@ -181,12 +183,12 @@ def write(report: Report, out_dir: Path, console: Console | None = None) -> Path
 def main() -> None:
     from serving.settings import default_state_dir
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="The loop's report: a table, report.png and report.json.")
     parser.add_argument("--out", type=Path, default=default_state_dir() / "reports", help="output directory")
     parser.add_argument("--reward-url", default="http://127.0.0.1:8001", help="reward service (for accuracy)")
     args = parser.parse_args()
     png = write(collect(KafkaSettings(), args.reward_url), args.out)
-    print(f"plot: {png}")
+    print(f"plot: {png}; data: {png.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

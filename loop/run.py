@@ -7,8 +7,9 @@ through serving's HTTP API and vote by a hidden preference; the reward service l
 the learner trains the policy with PPO and publishes versions that pass its gates; serving swaps them in.
 Every ``--progress-every`` seconds the terminal shows votes, the thumbs-up rate by policy version, KL and
 the versions promoted and rejected. Without ``--duration`` it runs until Ctrl-C. Stopping lets requests in
-flight finish, writes the report (table, PNG, JSON under ``<state>/reports``), then stops the services in
-order (serving flushes its spool, the learner and the reward service checkpoint): nothing is lost.
+flight finish, stops serving (it flushes its spool) and the learner (it finishes its iteration and
+checkpoints), writes the report (table, PNG, JSON under ``<state>/reports``), then stops the reward service
+(it checkpoints): nothing is lost. The Kafka broker stays up (``./rlhf kafka stop`` stops it).
 Service logs: ``<state>/logs/``. Prometheus is started too when it is installed (URL printed).
 """
 
@@ -35,6 +36,7 @@ from serving.settings import default_state_dir
 
 console = Console()
 MODEL = "smollm2-135m-instruct"
+LEARNER_STOP_S = 600.0  # a PPO iteration plus its gates can take minutes on 2 cores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,12 +171,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.duration:
             loop.call_later(args.duration, stop.set)
         loop.run_until_complete(drive(args, serving, learner, stop))
-        console.print("stopping: writing the report ...")
+        # Serving first: no new events, its spool drains to Kafka. The learner then finishes its iteration
+        # (and publishes its verdict) before the report, so the report counts every version.
+        console.print("stopping serving, then the learner (it finishes its iteration) ...")
+        serving.stop()
+        learner.stop(timeout_s=LEARNER_STOP_S)
         png = report.write(report.collect(kafka, reward.url), work / "reports", console)
         console.print(f"report: {png} and {png.with_suffix('.json')}")
     finally:
-        for svc in (serving, learner, reward):  # serving first: no new events, its spool drains to Kafka
-            svc.stop()
+        for svc in (serving, learner, reward):
+            svc.stop(timeout_s=LEARNER_STOP_S if svc is learner else 60.0)
         if prometheus is not None:
             prometheus.terminate()
         loop.close()

@@ -8,12 +8,14 @@ Run ``python -m proto.topics`` (console script ``rlhf-topics``) to create any mi
 """
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -24,7 +26,8 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RLHF_KAFKA_", extra="ignore")
 
-    bootstrap_servers: str = "127.0.0.1:9092"
+    # Without an explicit address, the local broker of deploy/kafka/kafka.sh on $RLHF_KAFKA_PORT.
+    bootstrap_servers: str = Field(default_factory=lambda: f"127.0.0.1:{os.environ.get('RLHF_KAFKA_PORT', '9092')}")
     topic_prefix: str = "rlhf."
     partitions: int = 1
     replication_factor: int = 1
