@@ -161,6 +161,7 @@ def plot(report: Report, path: Path) -> None:
     for r in with_kl:
         if r.status == "rejected":
             ax2.plot(r.version, r.kl_to_reference, "x", color="tab:red", markersize=10)
+    ax2.set_xticks([r.version for r in with_kl])
     ax2.set(title="KL to reference at promotion (x = rejected)", xlabel="policy version", ylabel="nats")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
