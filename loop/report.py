@@ -81,16 +81,17 @@ def _read_all(kafka: KafkaSettings, name: str):
         consumer.close()
 
 
-def _reward_metrics(reward_url: str | None) -> dict[str, float]:
-    if not reward_url:
-        return {}
+def scrape(url: str) -> dict[str, float]:
+    """Unlabelled samples of ``url``/metrics by name ({} when the service does not answer).
+
+    NaN samples (e.g. no held-out votes evaluated yet) are left out: they mean "unknown", and JSON has no NaN.
+    """
     try:
-        text = httpx.get(f"{reward_url}/metrics", timeout=5).text
+        text = httpx.get(f"{url}/metrics", timeout=5).text
     except httpx.HTTPError:
         return {}
-    # NaN (no held-out votes evaluated yet) is "unknown", and JSON has no NaN.
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
-            if s.value == s.value}
+            if not s.labels and s.value == s.value}
 
 
 def collect(kafka: KafkaSettings, reward_url: str | None = None) -> Report:
@@ -120,7 +121,7 @@ def collect(kafka: KafkaSettings, reward_url: str | None = None) -> Report:
     for v, by_rating in counts.items():
         row = rows.setdefault(v, VersionRow(v, "unknown"))
         row.up, row.down = by_rating[Rating.RATING_UP], by_rating[Rating.RATING_DOWN]
-    metrics = _reward_metrics(reward_url)
+    metrics = scrape(reward_url) if reward_url else {}
     return Report(created_at=time.time(), versions=[rows[v] for v in sorted(rows)],
                   reward_heldout_accuracy=metrics.get("rlhf_reward_heldout_accuracy"),
                   reward_heldout_auc=metrics.get("rlhf_reward_heldout_auc"))

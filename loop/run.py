@@ -22,14 +22,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from loop import report
 from loop.preference import PREFERENCES
 from loop.processes import ROOT, Service
+from loop.report import scrape
 from loop.users import SimulatedUsers, UserStats
 from proto.topics import KafkaSettings, ensure_topics
 from serving.settings import default_state_dir
@@ -59,15 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learner-arg", action="append", default=[], metavar="FLAG=VALUE",
                    help="extra learner flag, e.g. --learner-arg=--gate-max-new-tokens=48 (repeatable)")
     return p.parse_args(argv)
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Unlabelled samples of a /metrics page by name ({} when the service does not answer)."""
-    try:
-        text = httpx.get(f"{url}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return {}
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
 
 
 def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], served: float | None) -> Table:

@@ -20,13 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from loop.processes import ROOT, free_port
-from loop.run import scrape
+from loop.report import scrape
 
 RESULTS = ROOT / "bench" / "results"
 LEARNER_SERIES = ("rlhf_learner_kl_to_reference", "rlhf_learner_kl_coef", "rlhf_learner_reward_mean",
