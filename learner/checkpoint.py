@@ -1,7 +1,8 @@
 """Training checkpoints: model, value head, optimizer, KL controller and consumed Kafka offsets, together.
 
-One checkpoint is one directory ``<checkpoint_dir>/iter-<N>/`` holding ``model.safetensors`` (policy and
-value head), ``optimizer.pt`` and ``state.json`` (:class:`LearnerState`: iteration, β, offsets, counters,
+One checkpoint is one directory ``<checkpoint_dir>/iter-<N>/`` holding ``trained.safetensors`` (the
+tensors the learner trains: the policy's top layers and final norm, and the value head; the frozen trunk is
+the SFT model's by construction, see learner/model.py), ``optimizer.pt`` and ``state.json`` (:class:`LearnerState`: iteration, β, offsets, counters,
 the pending publication). It is written under a temporary name and renamed into place, so a directory
 named ``iter-*`` is always complete: a crash mid-write leaves only a ``.tmp-*`` directory, which the next
 save removes. The newest ``iter-*`` is the one to resume from.
@@ -15,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from learner.model import PolicyWithValueHead
 
 PREFIX = "iter-"
+TRAINED = "trained.safetensors"
 
 
 @dataclass
@@ -34,7 +36,8 @@ class PendingPublication:
     reason: str
     kl: float
     reward_mean: float
-    answers: list[str]
+    answers: list[list[str]]
+    changed: bool = True  # False: the candidate's answers equal its parent's (if it passed: not published)
 
 
 @dataclass
@@ -46,6 +49,9 @@ class LearnerState:
     ``baseline_answers``: that version's greedy answers on the held-out prompts, re-scored against each
     candidate's so both are judged by the same reward-model version. ``response_ids``: the events trained
     on in the iteration that produced this checkpoint (for audit and for the recovery test).
+    ``anchor_answers``: version 0's greedy held-out answers (the reward gate's fixed anchor).
+    ``recent_response_ids``: the last ``dedup_window`` response ids trained or skipped (redeliveries are
+    dropped). ``normalizer``: :class:`learner.ppo.RewardNormalizer`'s fields.
     """
 
     iteration: int = 0
@@ -54,9 +60,12 @@ class LearnerState:
     offsets: dict[str, int] = field(default_factory=dict)
     events_consumed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    baseline_answers: list[str] | None = None
+    baseline_answers: list[list[str]] | None = None
     pending: PendingPublication | None = None
     response_ids: list[str] = field(default_factory=list)
+    anchor_answers: list[list[str]] | None = None
+    recent_response_ids: list[str] = field(default_factory=list)
+    normalizer: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict) -> "LearnerState":
@@ -86,7 +95,8 @@ def save(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
-    save_model(policy, str(tmp / "model.safetensors"))  # handles the LM's tied embedding/head weights
+    trained = {name: p.detach().contiguous() for name, p in policy.named_parameters() if p.requires_grad}
+    save_file(trained, str(tmp / TRAINED))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
     for f in tmp.iterdir():
@@ -107,7 +117,16 @@ def latest(root: Path) -> Path | None:
 
 
 def load(path: Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer) -> LearnerState:
-    """Restore ``policy`` and ``optimizer`` in place from checkpoint ``path``; return its state."""
-    load_model(policy, str(path / "model.safetensors"))
+    """Restore ``policy``'s trained tensors and ``optimizer`` in place from checkpoint ``path``; return its
+    state. ``policy`` must hold the SFT model (its frozen trunk). Raises ``ValueError`` when the
+    checkpoint's tensors are not exactly the ones ``policy`` trains (another ``trainable_layers``)."""
+    tensors = load_file(str(path / TRAINED))
+    trained = {name for name, p in policy.named_parameters() if p.requires_grad}
+    if set(tensors) != trained:
+        raise ValueError(
+            f"checkpoint {path} trains other tensors than this learner (trainable_layers changed?): "
+            f"missing {sorted(trained - set(tensors))[:2]}, unexpected {sorted(set(tensors) - trained)[:2]}"
+        )
+    policy.load_state_dict(tensors, strict=False)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     return LearnerState.from_json(json.loads((path / "state.json").read_text()))

@@ -4,10 +4,11 @@ Values come from, in rising priority: the defaults below, environment variables 
 for PPO, ``RLHF_LEARNER_SFT_<FIELD>`` for SFT), and command-line flags (``--batch-size 4``). Kafka's
 address and topic prefix are :class:`proto.topics.KafkaSettings` (``RLHF_KAFKA_*``), shared by all services.
 
-Batch sizes (as in TRL's PPOConfig and CleanRL): one iteration collects ``batch_size`` responses, splits
-them into ``num_minibatches`` minibatches (one optimizer step each) and each minibatch into
-``gradient_accumulation_steps`` micro-batches (one forward/backward each). The derived sizes are checked
-once, at construction, and a ``ValueError`` says which division is inexact.
+Batch sizes: one iteration trains on every fresh usable response waiting, at least ``min_batch_size`` and
+at most ``batch_size`` (live traffic arrives unevenly: a fixed batch would leave the rest to go stale),
+split into minibatches of ``minibatch_size`` (one optimizer step each, the last one possibly smaller) and
+those into micro-batches of ``micro_batch_size`` (one forward/backward each). The sizes are checked once,
+at construction, and a ``ValueError`` says which constraint fails.
 """
 
 import os
@@ -91,23 +92,49 @@ class LearnerConfig(BaseSettings):
         "response); serving's default completion budget is 256",
     )
     max_prompt_length: int = Field(512, ge=1, description="prompts longer than this (tokens) are dropped")
+    dedup_window: int = Field(
+        4096,
+        ge=0,
+        description="response ids remembered (in the checkpoint) to drop "
+        "redeliveries: Kafka delivery is at-least-once",
+    )
+    tis_cap: float = Field(
+        2.0,
+        ge=1,
+        description="C of the truncated importance weight min(π_θk/π_behaviour, C) on live "
+        "tokens (Yao et al. 2025, 'Your efficient RL framework secretly brings you off-policy RL "
+        "training'; IMPALA's truncated ρ, Espeholt et al. 2018): stale or mismatched samples cannot "
+        "blow the gradient up",
+    )
 
     # --- PPO (Ziegler et al. 2019, code defaults of openai/lm-human-preferences unless noted) ----------
     batch_size: int = Field(
-        8,
-        ge=1,
-        description="responses per PPO iteration (small for a 2-core CPU; "
-        "Ziegler et al. 2019 use 512 on GPUs)",
+        32,
+        ge=2,
+        description="most responses per PPO iteration: all fresh traffic up to this "
+        "(Ziegler et al. 2019 use 512 on GPUs)",
     )
-    num_minibatches: int = Field(2, ge=1, description="optimizer steps per epoch (lm-human-preferences: 1)")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per minibatch")
+    min_batch_size: int = Field(
+        8,
+        ge=2,
+        description="fewest responses an iteration waits for (advantages are whitened over the batch)",
+    )
+    minibatch_size: int = Field(8, ge=1, description="responses per optimizer step")
+    micro_batch_size: int = Field(4, ge=1, description="responses per forward/backward pass")
     ppo_epochs: int = Field(4, ge=1, description="passes over each batch (Ziegler et al. 2019: 4)")
+    trainable_layers: int = Field(
+        4,
+        ge=1,
+        description="top decoder layers (with the final norm) the policy trains; "
+        "the rest is the SFT model's frozen trunk, shared with the reference "
+        "(learner/model.py). The reward model trains as many by default",
+    )
     learning_rate: float = Field(
-        3e-6,
+        2e-5,
         gt=0,
-        description="Adam step size (TRL PPOConfig: 3e-6; "
-        "lm-human-preferences' 1e-5 was tuned for batches of 512: on our batches of "
-        "4 it gave an approx-KL of 0.1-0.2 per iteration, 3e-6 gave 0.01)",
+        description="Adam step size of the trained top layers and value head "
+        "(TRL PPOConfig: 3e-6 for a fully trained model; 3e-6 on the top 4 of 30 layers "
+        "gave an approx-KL of 0.001 per iteration here, 2e-5 about 0.01–0.02)",
     )
     adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (lm-human-preferences: 1e-5)")
     max_grad_norm: float = Field(
@@ -123,12 +150,18 @@ class LearnerConfig(BaseSettings):
     vf_coef: float = Field(
         0.1,
         ge=0,
-        description="value-loss weight; the value head shares the policy's "
-        "trunk (lm-human-preferences: 0.1)",
+        description="value-loss weight; the value head shares the policy's trunk (lm-human-preferences: 0.1)",
     )
     gamma: float = Field(1.0, ge=0, le=1, description="discount within a response (Ziegler et al. 2019: 1)")
     lam: float = Field(
-        0.95, ge=0, le=1, description="GAE λ (Schulman et al. 2016; lm-human-preferences: 0.95)"
+        1.0,
+        ge=0,
+        le=1,
+        description="GAE λ (Schulman et al. 2016). 1: every token's advantage "
+        "is the response's return minus V(s_t), so the score reaches the first tokens "
+        "while the zero-initialised value head knows nothing (with 0.95, "
+        "lm-human-preferences' value, a 64-token answer's first token sees 0.95^63 = 4% "
+        "of the score until V is learned)",
     )
     init_kl_coef: float = Field(
         0.15,
@@ -143,16 +176,39 @@ class LearnerConfig(BaseSettings):
         "nats; null keeps β fixed (lm-human-preferences: 6)",
     )
     kl_horizon: int = Field(
-        10_000,
+        256,
         ge=1,
-        description="responses over which β may move by 20% "
-        "(Ziegler et al. 2019 §2.2; lm-human-preferences: 10000)",
+        description="responses over which β may move by 20% (Ziegler et al. 2019 "
+        "§2.2, eq. 2). lm-human-preferences' 10000 is ~20 of its 512-response batches; "
+        "with our 8–32-response batches it would hold β constant for hours, so the "
+        "default keeps ~10–30 iterations per 20%",
     )
     seed: int = Field(0, description="torch seed for minibatch shuffling and sampling")
 
+    min_reward_accuracy: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="no PPO on scores from a reward model whose held-out balanced "
+        "accuracy is below this: rewards from a model no better than chance are noise "
+        "that PPO would still follow",
+    )
+    min_reward_heldout_votes: int = Field(
+        12, ge=0, description="...and measured on at least this many held-out votes"
+    )
+    reward_wait_s: float = Field(
+        10.0, gt=0, description="while the reward model is not good enough: seconds between checks"
+    )
+
     # --- checkpoints and publishing --------------------------------------------------------------------
     keep_checkpoints: int = Field(2, ge=1, description="learner checkpoints kept on disk (newest first)")
-    publish_every: int = Field(1, ge=1, description="run the promotion gates every this many iterations")
+    publish_every: int = Field(
+        2,
+        ge=1,
+        description="run the promotion gates every this many iterations: a version "
+        "then serves long enough (~2 iterations of all fresh traffic) to collect the votes that "
+        "measure it, and the gates' generation is paid half as often",
+    )
     kl_budget: float = Field(
         12.0,
         ge=0,
@@ -164,20 +220,32 @@ class LearnerConfig(BaseSettings):
         0.1,
         ge=0,
         description="gate: the candidate's mean reward on the held-out "
-        "prompts may trail the current version's by at most this (reward-model "
-        "units: log-odds, so 0.1 is about 2.5 points of P(thumbs up) near 1/2)",
+        "prompts may trail the current version's, and version 0's (a fixed anchor, so "
+        "promotions cannot ratchet down by the tolerance each time), by at most this "
+        "(reward-model units: log-odds, so 0.1 is about 2.5 points of P(thumbs up) near 1/2)",
     )
     heldout_prompts: Path = Field(
         PROMPTS / "heldout.jsonl",
-        description="JSONL of {'messages': [...]}: the " "reward gate's prompts, never trained on",
+        description="JSONL of {'messages': [...]}: the reward gate's prompts, never trained on",
     )
     canary_prompts: Path = Field(
         PROMPTS / "canary.jsonl",
-        description="JSONL of {'messages': [...]}: each "
-        "must still get a non-empty answer that ends with EOS",
+        description="JSONL of {'messages': [...]}: each must still get non-empty answers that end with EOS",
     )
     gate_max_new_tokens: int = Field(
-        96, ge=1, description="greedy token budget of gate answers; a canary " "answer must end within it"
+        96, ge=1, description="token budget of gate answers; a canary answer must end within it"
+    )
+    canary_samples: int = Field(
+        4,
+        ge=1,
+        description="sampled answers (temperature 1) per canary prompt: judged on samples, not one decode",
+    )
+    canary_min_ended: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of a canary's sampled answers that must be non-empty and "
+        "end with EOS within the budget",
     )
     max_iterations: int | None = Field(
         None,
@@ -189,29 +257,16 @@ class LearnerConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_batch_sizes(self) -> "LearnerConfig":
-        if self.batch_size % self.num_minibatches:
+        if "min_batch_size" not in self.model_fields_set:
+            self.min_batch_size = min(self.min_batch_size, self.batch_size)
+        if self.min_batch_size > self.batch_size:
+            raise ValueError(f"min_batch_size {self.min_batch_size} exceeds batch_size {self.batch_size}")
+        if self.minibatch_size % self.micro_batch_size:
             raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of num_minibatches "
-                f"{self.num_minibatches}"
+                f"minibatch_size {self.minibatch_size} is not a multiple of micro_batch_size "
+                f"{self.micro_batch_size}"
             )
-        if self.minibatch_size % self.gradient_accumulation_steps:
-            raise ValueError(
-                f"minibatch_size {self.minibatch_size} (batch_size / num_minibatches) is not a "
-                f"multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}"
-            )
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2: advantages are whitened over the batch")
         return self
-
-    @property
-    def minibatch_size(self) -> int:
-        """Responses per optimizer step."""
-        return self.batch_size // self.num_minibatches
-
-    @property
-    def micro_batch_size(self) -> int:
-        """Responses per forward/backward pass."""
-        return self.minibatch_size // self.gradient_accumulation_steps
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -5,10 +5,18 @@
    summed over the answer: a greedy answer is not a sample of π, so the sampled-token estimator would be
    biased there, while the full-distribution KL along the answer is exact and never negative.
 2. Reward: the reward model's mean score of the candidate's greedy answers on the held-out prompts is not
-   worse than the current version's by more than ``reward_tolerance``. Both answer sets are scored in one
-   request, so by the same reward-model version.
-3. Canaries: every canary prompt still gets a non-empty greedy answer that ends with EOS within
-   ``gate_max_new_tokens`` tokens.
+   worse than the current version's, nor than version 0's (a fixed anchor: without it, a chain of
+   promotions could each lose up to the tolerance), by more than ``reward_tolerance``. All three answer
+   sets are scored in one request, so by the same reward-model version.
+3. Canaries: on every canary prompt, at least ``canary_min_ended`` of ``canary_samples`` answers sampled
+   at temperature 1 are non-empty and end with EOS within ``gate_max_new_tokens`` tokens. Judged on
+   samples, not one greedy decode: a single greedy answer that runs on at a near-tie is noise, not a
+   broken policy.
+
+A candidate whose greedy held-out answers are exactly its parent's is reported ``changed=False``: serving
+it would change nothing users see, so it is neither published nor reverted (training continues).
+The held-out and canary prompts are never among the simulated users' prompts (tests/learner checks it),
+so the gates measure generalisation, not the training data.
 """
 
 import json
@@ -20,7 +28,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from learner.model import chat_prompt_ids, generate, pack, response_logits
+from learner.config import LearnerConfig
+from learner.model import ReferenceTop, chat_prompt_ids, generate, pack, response_logits
 from learner.reward import RewardClient, ScoreRequest
 
 
@@ -43,14 +52,17 @@ def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor)
 @dataclass
 class GateReport:
     """The gates' verdict on a candidate. ``answers``: its greedy held-out answers (text), which become the
-    baseline if it is promoted. ``reason``: '; '-joined failures, empty when ``passed``."""
+    baseline if it is promoted. ``reason``: '; '-joined failures, empty when ``passed``. ``changed``:
+    whether those answers differ from the parent's."""
 
     passed: bool
     reason: str
     kl: float
     reward_mean: float
     baseline_reward_mean: float
-    answers: list[str]
+    anchor_reward_mean: float
+    answers: list[list[str]]
+    changed: bool
 
 
 def greedy_answers(
@@ -58,64 +70,90 @@ def greedy_answers(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[dict[str, str]]],
     max_new_tokens: int,
+    greedy: bool = True,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt token ids and greedy answer token ids (through EOS when it comes) for each chat prompt."""
+    """Prompt token ids and answer token ids (through EOS when it comes) for each chat prompt, greedy or
+    sampled at temperature 1."""
     prompt_ids = [chat_prompt_ids(tokenizer, m) for m in prompts]
-    return prompt_ids, generate(lm, prompt_ids, max_new_tokens, tokenizer.eos_token_id, greedy=True)
+    return prompt_ids, generate(lm, prompt_ids, max_new_tokens, tokenizer.eos_token_id, greedy=greedy)
 
 
-def answer_texts(tokenizer: PreTrainedTokenizerBase, answers: list[list[int]]) -> list[str]:
-    """Decoded answers without special tokens (what a chat user would see)."""
-    return [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+def answer_texts(tokenizer: PreTrainedTokenizerBase, answers: list[list[int]]) -> list[list[str]]:
+    """``[text, finish_reason]`` of each answer: the text without special tokens (what a chat user would
+    see), and ``"stop"`` when it ended with EOS, ``"length"`` when its token budget cut it off."""
+    eos = tokenizer.eos_token_id
+    return [
+        [tokenizer.decode(a, skip_special_tokens=True), "stop" if a and a[-1] == eos else "length"]
+        for a in answers
+    ]
 
 
 @torch.no_grad()
 def evaluate(
     lm: PreTrainedModel,
-    reference: PreTrainedModel,
+    reference: ReferenceTop,
     tokenizer: PreTrainedTokenizerBase,
     reward: RewardClient,
     heldout: list[list[dict[str, str]]],
-    baseline_answers: list[str],
+    baseline_answers: list[list[str]],
+    anchor_answers: list[list[str]],
     canaries: list[list[dict[str, str]]],
-    kl_budget: float,
-    reward_tolerance: float,
-    max_new_tokens: int,
+    cfg: LearnerConfig,
+    seed: int,
 ) -> GateReport:
-    """Run the three gates on candidate ``lm``.
+    """Run the three gates on candidate ``lm`` with ``cfg``'s budget, tolerance and canary settings.
 
-    ``baseline_answers``: the current version's greedy answers to ``heldout`` (text). Raises what
+    ``baseline_answers``, ``anchor_answers``: the parent's and version 0's greedy answers to ``heldout``
+    (``[text, finish_reason]``, from :func:`answer_texts`). ``seed`` fixes the canaries' samples (a restarted iteration draws the same). Raises what
     :meth:`RewardClient.score` raises when the reward service cannot be reached.
     """
     failures = []
-    prompt_ids, answers = greedy_answers(lm, tokenizer, heldout, max_new_tokens)
+    prompt_ids, answers = greedy_answers(lm, tokenizer, heldout, cfg.gate_max_new_tokens)
     texts = answer_texts(tokenizer, answers)
 
     # 1. KL to the reference along the candidate's own answers
     batch = pack(prompt_ids, answers)
-    kl = float(exact_kl(response_logits(lm, batch), response_logits(reference, batch), batch.mask).mean())
-    if kl > kl_budget:
-        failures.append(f"KL to reference {kl:.3f} nats exceeds budget {kl_budget}")
+    kl = float(exact_kl(response_logits(lm, batch), reference.logits(batch), batch.mask).mean())
+    if kl > cfg.kl_budget:
+        failures.append(f"KL to reference {kl:.3f} nats exceeds budget {cfg.kl_budget}")
 
-    # 2. reward of candidate vs current version, one request so one reward-model version
-    requests = [ScoreRequest(m, t) for m, t in zip(heldout + heldout, texts + baseline_answers)]
-    rewards, _ = reward.score(requests)
-    reward_mean = sum(rewards[: len(heldout)]) / len(heldout)
-    baseline_mean = sum(rewards[len(heldout) :]) / len(heldout)
-    if reward_mean < baseline_mean - reward_tolerance:
-        failures.append(
-            f"held-out reward {reward_mean:.3f} is worse than current {baseline_mean:.3f} "
-            f"beyond tolerance {reward_tolerance}"
-        )
-
-    # 3. canaries still answered: non-empty and ending with EOS within the budget
-    _, canary_answers = greedy_answers(lm, tokenizer, canaries, max_new_tokens)
-    eos = tokenizer.eos_token_id
-    for messages, answer in zip(canaries, canary_answers):
-        text = tokenizer.decode(answer, skip_special_tokens=True).strip()
-        if not text or answer[-1] != eos:
-            prompt = messages[-1]["content"]
+    # 2. reward of candidate vs parent and vs version 0, one request so one reward-model version
+    n = len(heldout)
+    requests = [
+        ScoreRequest(m, text, finish)
+        for m, (text, finish) in zip(heldout * 3, texts + baseline_answers + anchor_answers)
+    ]
+    rewards = reward.score(requests).rewards
+    reward_mean, baseline_mean, anchor_mean = (sum(rewards[i * n : (i + 1) * n]) / n for i in range(3))
+    for name, other in (("current", baseline_mean), ("version 0", anchor_mean)):
+        if reward_mean < other - cfg.reward_tolerance:
             failures.append(
-                f"canary {prompt!r} not answered (empty or no EOS within {max_new_tokens} tokens)"
+                f"held-out reward {reward_mean:.3f} is worse than {name} {other:.3f} "
+                f"beyond tolerance {cfg.reward_tolerance}"
             )
-    return GateReport(not failures, "; ".join(failures), kl, reward_mean, baseline_mean, texts)
+
+    # 3. canaries still answered, judged on samples
+    torch.manual_seed(seed)
+    repeated = [m for m in canaries for _ in range(cfg.canary_samples)]
+    _, canary_answers = greedy_answers(lm, tokenizer, repeated, cfg.gate_max_new_tokens, greedy=False)
+    eos = tokenizer.eos_token_id
+    for c, messages in enumerate(canaries):
+        samples = canary_answers[c * cfg.canary_samples : (c + 1) * cfg.canary_samples]
+        ended = sum(
+            1 for a in samples if a[-1] == eos and tokenizer.decode(a, skip_special_tokens=True).strip()
+        )
+        if ended < cfg.canary_min_ended * len(samples):
+            failures.append(
+                f"canary {messages[-1]['content']!r}: {ended} of {len(samples)} sampled answers ended "
+                f"within {cfg.gate_max_new_tokens} tokens (need {cfg.canary_min_ended:.0%})"
+            )
+    return GateReport(
+        not failures,
+        "; ".join(failures),
+        kl,
+        reward_mean,
+        baseline_mean,
+        anchor_mean,
+        texts,
+        changed=texts != baseline_answers,
+    )

@@ -1,23 +1,28 @@
 """The learner's main loop: read a batch, score it, one PPO iteration, checkpoint, commit, gate, publish.
 
 Order within an iteration, and why:
-1. take ``batch_size`` usable Interaction events from Kafka (stale, malformed or too long ones are skipped
-   and counted);
+1. take every usable Interaction event waiting in Kafka, at least ``min_batch_size`` and at most
+   ``batch_size`` (stale, duplicate, malformed or too long ones are skipped and counted);
 2. live mode trains on the served responses; generate mode samples new ones with the current policy;
-3. score them through the reward service;
+3. score them through the reward service; if the scoring reward model has not yet shown held-out
+   balanced accuracy of ``min_reward_accuracy``, rewind to the checkpoint's offsets and wait (no PPO on
+   rewards no better than chance; the events are read again once it is);
 4. one PPO iteration (learner/trainer.py);
 5. every ``publish_every`` iterations, run the promotion gates and record the verdict as *pending*;
 6. checkpoint model, value head, optimizer, β, consumed offsets and the pending verdict, atomically;
 7. commit the offsets to the consumer group — only now, so a crash before this point re-reads the batch
    and the restored checkpoint has not counted it: no event lost, none counted twice;
 8. publish the pending verdict: promoted weights to the store plus a PROMOTED record, or a REJECTED
-   record with the reason, after which training resumes from the last promoted weights. A crash between
-   6 and 8 is finished on restart, idempotently (by sha256).
+   record with the reason, after which training resumes from the last promoted weights; a passing
+   candidate whose answers did not change is not published (training goes on from it). A crash between 6 and 8 is finished on
+   restart, idempotently (by sha256).
 """
 
 import logging
+import math
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,14 +32,15 @@ from learner import checkpoint, gates
 from learner import metrics as m
 from learner.checkpoint import LearnerState, PendingPublication
 from learner.config import LearnerConfig
-from learner.model import PolicyWithValueHead, generate, load_lm, load_tokenizer
+from learner.model import PolicyWithValueHead, ReferenceTop, generate, load_lm, load_tokenizer
+from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
 from learner.reward import RewardClient, ScoreRequest
 from learner.rollout import InteractionReader, Rollout
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
-from proto.policy_log import PolicyLog
 from proto.events_pb2 import Interaction, PolicyStatus, PolicyVersion
+from proto.policy_log import PolicyLog
 from proto.topics import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ class Learner:
     Construction resumes from the newest checkpoint under ``cfg.checkpoint_dir`` when there is one (and
     finishes its pending publication); otherwise it starts from the version serving serves (the policy
     topic's pinned or latest promoted version), or from ``cfg.init_model`` (version 0). The reference is
-    always ``cfg.init_model``.
+    always ``cfg.init_model``'s top layers over the shared frozen trunk.
     """
 
     def __init__(self, cfg: LearnerConfig, kafka: KafkaSettings):
@@ -56,34 +62,37 @@ class Learner:
         self.metrics_port = self._metrics_server.server_port
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.init_model)
-        self.reference = load_lm(cfg.init_model, trainable=False)
         self.store = open_store(cfg.store_uri)
         self.policy_topic = PolicyTopic(kafka)
         self.reward = RewardClient(cfg.reward_url, cfg.reward_timeout_s)
         self.heldout = gates.load_prompts(cfg.heldout_prompts)
         self.canaries = gates.load_prompts(cfg.canary_prompts)
 
+        sft = load_lm(cfg.init_model, trainable=False)
         resume = checkpoint.latest(cfg.checkpoint_dir)
         if resume is not None:
-            self.policy = PolicyWithValueHead(load_lm(cfg.init_model, trainable=True))
-            self.trainer = PPOTrainer(cfg, self.policy, self.reference)
+            self.policy = PolicyWithValueHead(load_lm(cfg.init_model, trainable=False), cfg.trainable_layers)
+            self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy))
             self.state = checkpoint.load(resume, self.policy, self.trainer.optimizer)
             self.trainer.kl_ctl.value = self.state.kl_coef
+            self.trainer.normalizer = RewardNormalizer(**self.state.normalizer)
             log.info("resumed from %s at iteration %d", resume, self.state.iteration)
         else:
             # Start from what serving serves (live data comes from it): pinned, else latest promoted, else 0.
             policies = self.policy_topic.read()
             version = policies.target()
             path = self._weights_of(policies, version)
-            self.policy = PolicyWithValueHead(load_lm(path, trainable=True))
-            self.trainer = PPOTrainer(cfg, self.policy, self.reference)
+            self.policy = PolicyWithValueHead(load_lm(path, trainable=False), cfg.trainable_layers)
+            self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy))
             self.state = LearnerState(kl_coef=cfg.init_kl_coef, parent_version=version)
             log.info("starting from version %d (%s)", version, path)
+        if self.state.anchor_answers is None:
+            self.state.anchor_answers = self._heldout_answers(sft)
+        del sft  # the reference keeps only its top layers
         if self.state.baseline_answers is None:
-            _, answers = gates.greedy_answers(
-                self.policy.lm, self.tokenizer, self.heldout, cfg.gate_max_new_tokens
-            )
-            self.state.baseline_answers = gates.answer_texts(self.tokenizer, answers)
+            self.state.baseline_answers = self._heldout_answers(self.policy.lm)
+        self.recent = set(self.state.recent_response_ids)
+        self._batch_ids: set[str] = set()
 
         self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets)
         m.POLICY_VERSION.set(self.state.parent_version)
@@ -91,9 +100,17 @@ class Learner:
         if self.state.pending is not None:
             self.publish(self.state.pending)
 
+    def _heldout_answers(self, lm) -> list[list[str]]:
+        _, answers = gates.greedy_answers(lm, self.tokenizer, self.heldout, self.cfg.gate_max_new_tokens)
+        return gates.answer_texts(self.tokenizer, answers)
+
     def _weights_of(self, policies: PolicyLog, version: int) -> Path:
         """Directory of ``version``'s weights: the store's copy, or ``cfg.init_model`` for version 0."""
-        return self.store.local_dir(policies.versions[version].checkpoint_uri) if version else self.cfg.init_model
+        return (
+            self.store.local_dir(policies.versions[version].checkpoint_uri)
+            if version
+            else self.cfg.init_model
+        )
 
     def _revert(self, policies: PolicyLog) -> None:
         """Back to the parent (last promoted) version's weights, with fresh Adam moments.
@@ -111,11 +128,15 @@ class Learner:
         """None to train on ``event``, else the reason to skip it (a metrics label)."""
         if not event.prompt_token_ids or not event.prompt_messages:
             return "malformed"
+        if event.response_id in self.recent or event.response_id in self._batch_ids:
+            return "duplicate"
         if len(event.prompt_token_ids) > self.cfg.max_prompt_length:
             return "too_long"
         if self.cfg.mode == "generate":
             return None
         if not event.response_token_ids or len(event.behaviour_logprobs) != len(event.response_token_ids):
+            return "malformed"
+        if not all(math.isfinite(x) for x in event.behaviour_logprobs):
             return "malformed"
         if event.finish_reason == "abort":
             return "aborted"
@@ -123,6 +144,7 @@ class Learner:
             return "too_long"
         if self.state.parent_version - event.policy_version > self.cfg.max_staleness:
             return "stale"
+        self._batch_ids.add(event.response_id)
         return None
 
     # 2. rollouts: served responses (live) or fresh samples of the current policy (generate)
@@ -137,6 +159,7 @@ class Learner:
                     list(e.response_token_ids),
                     e.response_text,
                     e.policy_version,
+                    e.finish_reason or "stop",
                     list(e.behaviour_logprobs),
                 )
                 for e, msgs in zip(events, messages)
@@ -154,63 +177,128 @@ class Learner:
                 r,
                 self.tokenizer.decode(r, skip_special_tokens=True),
                 self.state.parent_version,
+                "stop" if r[-1] == self.tokenizer.eos_token_id else "length",
             )
             for e, msgs, p, r in zip(events, messages, prompts, responses)
         ]
 
+    def _remember(self, response_ids: list[str]) -> None:
+        """Add ``response_ids`` to the dedup window (the newest ``dedup_window`` ids)."""
+        ids = (
+            (self.state.recent_response_ids + response_ids)[-self.cfg.dedup_window :]
+            if self.cfg.dedup_window
+            else []
+        )
+        self.state.recent_response_ids = ids
+        self.recent = set(ids)
+
     def iterate(self, stop: threading.Event) -> IterationStats | None:
-        """Run one iteration (steps 1–8 of the module docstring); None if ``stop`` was set while waiting."""
+        """Run one iteration (steps 1–8 of the module docstring); None if ``stop`` was set while waiting or
+        the reward model is not yet good enough (then after waiting ``reward_wait_s``)."""
         cfg, state = self.cfg, self.state
-        batch = self.reader.next_batch(cfg.batch_size, self._reject, cfg.poll_timeout_s, stop.is_set)
+        self._batch_ids: set[str] = set()
+        with m.stage("read"):
+            batch = self.reader.next_batch(
+                cfg.min_batch_size, cfg.batch_size, self._reject, cfg.poll_timeout_s, stop.is_set
+            )
         if batch is None:
             return None
         start = time.monotonic()
-        rollouts = self._rollouts(batch.events)
-        # 3. score
-        scores, _ = self.reward.score([ScoreRequest(r.prompt_messages, r.response_text) for r in rollouts])
+        with m.stage("experience"):
+            rollouts = self._rollouts(batch.events)
+        # 3. score, and only from a reward model that beats chance on its held-out votes
+        with m.stage("score"):
+            scores = self.reward.score(
+                [ScoreRequest(r.prompt_messages, r.response_text, r.finish_reason) for r in rollouts]
+            )
+        m.REWARD_MODEL_VERSION.set(scores.reward_model_version)
+        m.REWARD_MODEL_ACCURACY.set(
+            float("nan") if scores.heldout_balanced_accuracy is None else scores.heldout_balanced_accuracy
+        )
+        if not self._reward_model_ready(scores):
+            m.WAITING_FOR_REWARD_MODEL.set(1)
+            self.reader.rewind(state.offsets)
+            stop.wait(cfg.reward_wait_s)
+            return None
+        m.WAITING_FOR_REWARD_MODEL.set(0)
         # 4. PPO
-        stats = self.trainer.step(rollouts, scores, state.iteration)
+        with m.stage("update"):
+            stats = self.trainer.step(rollouts, scores.rewards, scores.reward_model_version, state.iteration)
         state.iteration += 1
         state.kl_coef = stats.kl_coef
+        state.normalizer = asdict(self.trainer.normalizer)
         state.offsets = self.reader.consumed_offsets()
         state.events_consumed += len(batch.events)
         for reason, n in batch.dropped.items():
             state.dropped[reason] = state.dropped.get(reason, 0) + n
         state.response_ids = [r.response_id for r in rollouts]
+        self._remember(state.response_ids)
         # 5. gates, as a pending verdict
         if state.iteration % cfg.publish_every == 0:
-            report = gates.evaluate(
-                self.policy.lm,
-                self.reference,
-                self.tokenizer,
-                self.reward,
-                self.heldout,
-                state.baseline_answers,
-                self.canaries,
-                cfg.kl_budget,
-                cfg.reward_tolerance,
-                cfg.gate_max_new_tokens,
-            )
+            with m.stage("gates"):
+                report = gates.evaluate(
+                    self.policy.lm,
+                    self.trainer.reference,
+                    self.tokenizer,
+                    self.reward,
+                    self.heldout,
+                    state.baseline_answers,
+                    state.anchor_answers,
+                    self.canaries,
+                    cfg,
+                    seed=cfg.seed + state.iteration,
+                )
             state.pending = PendingPublication(
-                report.passed, report.reason, report.kl, report.reward_mean, report.answers
+                report.passed, report.reason, report.kl, report.reward_mean, report.answers, report.changed
             )
         # 6. checkpoint, 7. then commit
-        checkpoint.save(cfg.checkpoint_dir, state, self.policy, self.trainer.optimizer, cfg.keep_checkpoints)
-        self.reader.commit(state.offsets)
+        with m.stage("checkpoint"):
+            checkpoint.save(
+                cfg.checkpoint_dir, state, self.policy, self.trainer.optimizer, cfg.keep_checkpoints
+            )
+            self.reader.commit(state.offsets)
         # 8. publish
         if state.pending is not None:
-            self.publish(state.pending)
+            with m.stage("publish"):
+                self.publish(state.pending)
         self._observe(stats, batch.dropped, len(rollouts), time.monotonic() - start)
         log.info(
-            "iteration %d: %s",
+            "iteration %d: %d responses, %s",
             state.iteration,
+            len(rollouts),
             {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.as_dict().items()},
         )
         return stats
 
-    def publish(self, pending: PendingPublication) -> PolicyVersion:
-        """Publish ``pending``, idempotent by the weights' sha256; a promoted version becomes the parent."""
+    def _reward_model_ready(self, scores) -> bool:
+        accuracy = scores.heldout_balanced_accuracy
+        ready = (
+            accuracy is not None
+            and accuracy >= self.cfg.min_reward_accuracy
+            and scores.heldout_votes >= self.cfg.min_reward_heldout_votes
+        )
+        if not ready:
+            log.info(
+                "reward model v%d: held-out balanced accuracy %s on %d votes; PPO waits for >= %.2f on >= %d",
+                scores.reward_model_version,
+                accuracy,
+                scores.heldout_votes,
+                self.cfg.min_reward_accuracy,
+                self.cfg.min_reward_heldout_votes,
+            )
+        return ready
+
+    def publish(self, pending: PendingPublication) -> PolicyVersion | None:
+        """Publish ``pending``, idempotent by the weights' sha256; a promoted version becomes the parent.
+
+        Returns the version record, or None when a passing candidate's answers did not change (serving it
+        would change nothing: nothing is published and training continues from the candidate's weights).
+        """
         state = self.state
+        if pending.passed and not pending.changed:
+            log.info("candidate's held-out answers equal v%d's: not published", state.parent_version)
+            state.pending = None
+            return None
         staged = self.store.stage(self.policy.lm, self.tokenizer)
         policies = self.policy_topic.read()
         record = next((r for r in policies.versions.values() if r.weights_sha256 == staged.sha256), None)
@@ -265,6 +353,7 @@ class Learner:
         m.EXPLAINED_VARIANCE.set(stats.explained_variance)
         if stats.behaviour_gap is not None:
             m.BEHAVIOUR_GAP.set(stats.behaviour_gap)
+            m.TRUNCATED_FRACTION.set(stats.truncated_fraction)
         m.STEP_DURATION.observe(duration_s)
         m.CONSUMER_LAG.set(self.reader.lag())
         m.ITERATIONS.inc()
@@ -278,8 +367,7 @@ class Learner:
         while (
             self.cfg.max_iterations is None or self.state.iteration < self.cfg.max_iterations
         ) and not stop.is_set():
-            if self.iterate(stop) is None:
-                break
+            self.iterate(stop)
         return self.state
 
     def close(self) -> None:

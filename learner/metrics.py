@@ -13,9 +13,20 @@ How to read them (see also learner/README.md):
 - ``approx_kl``: k3 estimate of KL(π_old‖π_θ) per token after the update; 0.01–0.05 is healthy.
 - ``explained_variance``: 1 − Var[R − V]/Var[R] of the value head; near 1 is good, ≤ 0 is useless.
 - ``behaviour_logprob_gap``: mean |log π_θk − log π_behaviour| over live tokens at the start of an
-  iteration, nats: the train/serve numerics mismatch plus staleness. Its exponential is the typical
-  ratio error before any update.
+  iteration, nats: the sampler's temperature/top-p, the train/serve numerics mismatch and staleness.
+- ``truncated_weight_fraction``: share of live tokens whose importance weight π_θk/π_behaviour hit
+  ``tis_cap``; a large share means the traffic is far off-policy (stale versions, low temperatures).
+- ``reward_model_version``, ``reward_model_accuracy``: the reward-model version that scored the last batch
+  and its held-out balanced accuracy; ``waiting_for_reward_model`` is 1 while PPO waits because that
+  accuracy is below ``min_reward_accuracy`` (no training on a reward model no better than chance).
+- ``stage_cpu_seconds_total{stage}``: process CPU seconds per stage of an iteration (read, score,
+  experience, update, gates, checkpoint, publish); divided by ``rollouts_total`` it is the cost of one
+  trained response.
 """
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -50,3 +61,24 @@ ROLLOUTS_DROPPED = Counter(
 )
 VERSIONS_PUBLISHED = Counter("rlhf_learner_versions_published", "Policy versions promoted and published")
 VERSIONS_REJECTED = Counter("rlhf_learner_versions_rejected", "Candidate versions rejected by a gate")
+TRUNCATED_FRACTION = Gauge(
+    "rlhf_learner_truncated_weight_fraction", "Share of live tokens whose importance weight hit tis_cap"
+)
+REWARD_MODEL_VERSION = Gauge("rlhf_learner_reward_model_version", "Reward-model version of the last scores")
+REWARD_MODEL_ACCURACY = Gauge(
+    "rlhf_learner_reward_model_accuracy", "Held-out balanced accuracy of the reward model that last scored"
+)
+WAITING_FOR_REWARD_MODEL = Gauge(
+    "rlhf_learner_waiting_for_reward_model", "1 while PPO waits for a reward model better than chance"
+)
+STAGE_CPU = Counter("rlhf_learner_stage_cpu_seconds", "Process CPU seconds spent per stage", ["stage"])
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Count the process CPU time of the ``with`` body under ``stage_cpu_seconds_total{stage=name}``."""
+    start = time.process_time()
+    try:
+        yield
+    finally:
+        STAGE_CPU.labels(name).inc(time.process_time() - start)

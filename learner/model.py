@@ -6,20 +6,31 @@ every row and all per-token tensors are ``(B, T)``. Attention masks and position
 the bundled tokenizer uses ``<|im_end|>`` (id 2) as both pad and end-of-turn token, so a mask built from
 ``input_ids != pad_token_id`` would hide real end-of-turn tokens inside chat-templated prompts.
 
-Value head (our choice, after Ziegler et al. 2019's code, openai/lm-human-preferences): a scalar linear
-head on the policy's final hidden states, sharing the trunk, initialised to zero. Sharing costs one
-forward/backward per micro-batch instead of two, which on a 2-core CPU is most of an iteration; the zero
-init makes the head start at V = 0 and send no gradient into the trunk until it has learned something,
-so early value error cannot disturb the policy; ``vf_coef`` bounds its pull afterwards. The head is never
-published: serving gets the plain causal LM.
+Frozen trunk, trained top (our choice; the reward model does the same, see reward_service/model.py): the
+policy trains only its top ``trainable_layers`` decoder layers and final norm; the embedding (tied to the
+LM head) and the layers below stay the SFT model's. So the policy and the frozen reference share the
+trunk exactly, and its hidden states are computed once per batch (:func:`trunk_hidden`, no grad) and
+reused by the reference's top, the experience pass and every PPO epoch. The reference is only a frozen
+copy of the SFT model's top layers and norm (:class:`ReferenceTop`), not a second model. On a 2-core CPU
+this is the difference between one full forward per batch and one full forward + backward per epoch.
+
+Value head (after Ziegler et al. 2019's code, openai/lm-human-preferences): a scalar linear head on the
+policy's final hidden states, sharing the trunk, initialised to zero. Sharing costs one forward/backward
+per micro-batch instead of two; the zero init makes the head start at V = 0 and send no gradient into the
+policy until it has learned something. With λ = 1 (learner/config.py) the first advantages are then the
+whitened Monte-Carlo returns, a batch-baseline REINFORCE estimate (Ahmadian et al. 2024, "Back to
+Basics"), not noise; the head lowers their variance as it learns. The head is never published: serving
+gets the plain causal LM.
 """
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers.masking_utils import create_causal_mask
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 
@@ -98,42 +109,138 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0) 
     return TokenBatch(input_ids, attention_mask, position_ids, input_ids[:, P:], mask, P)
 
 
-def response_hidden(lm: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
-    """Final hidden states at the positions that predict each response token: ``(B, T, H)`` float32."""
-    out = lm.base_model(
+def _run_layers(lm: PreTrainedModel, layers, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """Run ``hidden`` ``(B, P + T, H)`` through decoder ``layers`` of ``lm``'s architecture, as its own
+    forward would (same causal/padding mask and rotary position embeddings); returns ``(B, P + T, H)``."""
+    body = lm.model
+    mask = create_causal_mask(
+        config=lm.config,
+        inputs_embeds=hidden,
+        attention_mask=batch.attention_mask,
+        past_key_values=None,
+        position_ids=batch.position_ids,
+    )
+    position_embeddings = body.rotary_emb(hidden, position_ids=batch.position_ids)
+    for layer in layers:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=position_embeddings,
+            position_ids=batch.position_ids,
+        )
+    return hidden
+
+
+@torch.no_grad()
+def trunk_hidden(lm: PreTrainedModel, batch: TokenBatch, frozen_layers: int) -> torch.Tensor:
+    """Hidden states after the embedding and the bottom ``frozen_layers`` decoder layers: ``(B, P + T, H)``
+    float32, without grad. Policy and reference share them (both keep the SFT model's trunk)."""
+    hidden = lm.model.embed_tokens(batch.input_ids)
+    return _run_layers(lm, lm.model.layers[:frozen_layers], hidden, batch)
+
+
+def top_response_hidden(
+    lm: PreTrainedModel, layers, norm: nn.Module, batch: TokenBatch, trunk: torch.Tensor
+) -> torch.Tensor:
+    """Final (normed) hidden states at the positions that predict each response token: ``(B, T, H)``.
+
+    ``trunk``: :func:`trunk_hidden` of ``batch``; ``layers`` and ``norm``: the top decoder layers and final
+    norm to apply (the policy's, with grad, or the reference's frozen copies).
+    """
+    hidden = norm(_run_layers(lm, layers, trunk, batch))
+    P, T = batch.prompt_width, batch.responses.shape[1]
+    return hidden[:, P - 1 : P - 1 + T]  # (B, T, H)
+
+
+def response_logits(lm: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
+    """Next-token logits of a whole causal LM at each response position: ``(B, T, V)``."""
+    out = lm.model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
     )
     P, T = batch.prompt_width, batch.responses.shape[1]
-    return out.last_hidden_state[:, P - 1 : P - 1 + T]  # (B, T, H)
-
-
-def response_logits(lm: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
-    """Next-token logits at each response position: ``(B, T, V)`` (LM head applied to T positions only)."""
-    return lm.get_output_embeddings()(response_hidden(lm, batch))
+    return lm.lm_head(out.last_hidden_state[:, P - 1 : P - 1 + T])
 
 
 class PolicyWithValueHead(nn.Module):
-    """The policy causal LM plus a zero-initialised scalar value head on its final hidden states.
+    """The policy causal LM, trained in its top ``trainable_layers`` layers, plus a zero-initialised scalar
+    value head on its final hidden states.
 
-    ``forward(batch)`` returns ``(logits, values)``: ``(B, T, V)`` next-token logits and ``(B, T)`` values
-    V(s_t) of the state before each response token, in reward units.
+    ``forward(batch, trunk)`` returns ``(logits, values)``: ``(B, T, V)`` next-token logits and ``(B, T)``
+    values V(s_t) of the state before each response token, in (normalised) reward units. ``trunk`` is
+    :meth:`trunk` of the same batch. Raises ``ValueError`` when ``trainable_layers`` is out of range.
     """
 
-    def __init__(self, lm: PreTrainedModel):
+    def __init__(self, lm: PreTrainedModel, trainable_layers: int):
         super().__init__()
+        n_layers = lm.config.num_hidden_layers
+        if not 1 <= trainable_layers <= n_layers:
+            raise ValueError(f"trainable_layers must be in [1, {n_layers}], got {trainable_layers}")
         self.lm = lm
+        self.frozen_layers = n_layers - trainable_layers
+        lm.requires_grad_(False)
+        for module in (*lm.model.layers[self.frozen_layers :], lm.model.norm):
+            module.requires_grad_(True)
         self.value_head = nn.Linear(lm.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = response_hidden(self.lm, batch)  # (B, T, H)
-        logits = self.lm.get_output_embeddings()(hidden)  # (B, T, V)
+    @property
+    def top_layers(self):
+        return self.lm.model.layers[self.frozen_layers :]
+
+    def trunk(self, batch: TokenBatch) -> torch.Tensor:
+        """The frozen trunk's hidden states of ``batch``: ``(B, P + T, H)``, no grad."""
+        return trunk_hidden(self.lm, batch, self.frozen_layers)
+
+    def forward(self, batch: TokenBatch, trunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = top_response_hidden(self.lm, self.top_layers, self.lm.model.norm, batch, trunk)  # (B, T, H)
+        logits = self.lm.lm_head(hidden)  # (B, T, V)
         values = self.value_head(hidden).squeeze(-1)  # (B, T)
         return logits, values
+
+
+class ReferenceTop(nn.Module):
+    """The frozen reference π_ref over the policy's shared trunk: a copy of the SFT model's top layers and
+    final norm, applied to :meth:`PolicyWithValueHead.trunk`'s hidden states, then the shared LM head.
+
+    ``sft``: the SFT model (version 0). Raises ``ValueError`` when ``policy``'s trunk differs from the SFT
+    model's (a version trained with more trainable layers than ``policy`` trains): the shared-trunk
+    reference would then be wrong.
+    """
+
+    def __init__(self, sft: PreTrainedModel, policy: PolicyWithValueHead):
+        super().__init__()
+        frozen = policy.frozen_layers
+        ours, theirs = policy.lm.model, sft.model
+        same = torch.equal(ours.embed_tokens.weight, theirs.embed_tokens.weight) and all(
+            torch.equal(a, b)
+            for la, lb in zip(ours.layers[:frozen], theirs.layers[:frozen])
+            for a, b in zip(la.parameters(), lb.parameters())
+        )
+        if not same:
+            raise ValueError(
+                f"the policy's bottom {frozen} layers differ from the SFT model's: it was trained with more "
+                "than trainable_layers layers; raise trainable_layers or start from version 0"
+            )
+        self.policy_lm = [policy.lm]  # a list, so the policy's parameters are not this module's
+        self.frozen_layers = frozen
+        self.layers = nn.ModuleList(copy.deepcopy(theirs.layers[frozen:]))
+        self.norm = copy.deepcopy(theirs.norm)
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, batch: TokenBatch, trunk: torch.Tensor) -> torch.Tensor:
+        """Reference logits ``(B, T, V)`` at each response position, from the shared ``trunk``."""
+        lm = self.policy_lm[0]
+        return lm.lm_head(top_response_hidden(lm, self.layers, self.norm, batch, trunk))
+
+    @torch.no_grad()
+    def logits(self, batch: TokenBatch) -> torch.Tensor:
+        """Reference logits ``(B, T, V)`` of ``batch``, trunk included."""
+        return self(batch, trunk_hidden(self.policy_lm[0], batch, self.frozen_layers))
 
 
 @torch.no_grad()

@@ -7,8 +7,12 @@ Human Preferences", arXiv:1909.08593) and Ouyang et al. 2022 (InstructGPT, arXiv
    last one (Ziegler et al. 2019 §2.2; Ouyang et al. 2022 eq. 2);
 2. adaptive β: a proportional controller toward a target KL (Ziegler et al. 2019 §2.2, eq. 2);
 3. advantages by GAE (Schulman et al. 2016, arXiv:1506.02438, eq. 16), whitened over the batch;
-4. clipped surrogate (Schulman et al. 2017, arXiv:1707.06347, eq. 7) and clipped value loss;
-5. diagnostics: entropy, approx-KL, clip fraction, explained variance.
+4. clipped surrogate (Schulman et al. 2017, arXiv:1707.06347, eq. 7), weighted per token by a truncated
+   importance weight for tokens another policy sampled (Yao et al. 2025; Espeholt et al. 2018), and the
+   clipped value loss;
+5. reward-model scores normalised per reward-model version (Ziegler et al. 2019 §2.2 normalise the reward
+   model to mean 0, variance 1);
+6. diagnostics: entropy, approx-KL, clip fraction, explained variance.
 
 Conventions. A batch holds B responses padded on the right to T tokens. Every per-token tensor is
 ``(B, T)`` float32; ``mask`` is ``(B, T)`` bool, True on real response tokens (a contiguous prefix of each
@@ -104,6 +108,60 @@ def kl_penalized_rewards(
 
 
 @dataclass
+class RewardNormalizer:
+    """Scores standardised by running statistics of the reward-model version that produced them.
+
+    Ziegler et al. 2019 §2.2 normalise the reward model so its outputs have mean 0 and variance 1 under
+    the policy's samples; an online reward model changes with every checkpoint, so the statistics here are
+    kept per version and restart from nothing when the version changes. Mean and variance are merged batch
+    by batch (Chan et al. 1979's parallel update of Welford's algorithm), the current batch included, so
+    the first batch of a version is whitened by its own statistics.
+
+    ``version``: the reward-model version the statistics belong to (−1: none yet). ``count``, ``mean``,
+    ``m2``: scores seen, their mean, and the sum of squared deviations from it.
+    """
+
+    version: int = -1
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def __call__(self, scores: torch.Tensor, version: int, eps: float = 1e-6) -> torch.Tensor:
+        """Normalise ``(B,)`` float32 ``scores`` of reward-model ``version``; returns ``(B,)`` float32.
+
+        With a single score seen so far the variance is unknown and only the mean is removed.
+        """
+        if version != self.version:
+            self.version, self.count, self.mean, self.m2 = version, 0, 0.0, 0.0
+        n = scores.numel()
+        batch_mean = float(scores.mean())
+        batch_m2 = float(((scores - batch_mean) ** 2).sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+        std = (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 1.0
+        return (scores - self.mean) / max(std, eps)
+
+
+def truncated_importance_weights(
+    logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """w_t = min(π_θk(a_t|s_t) / π_b(a_t|s_t), C): ``(B, T)`` float32, no grad.
+
+    Tokens sampled by another distribution than π_θk (the serving engine's, at its temperature and top-p,
+    perhaps an older policy version, in another numeric precision) enter PPO's surrogate, whose ratio is
+    taken against π_θk, with this weight: the importance correction from the behaviour policy to π_θk,
+    truncated at ``cap`` so that a token π_b found unlikely cannot dominate the batch (Yao et al. 2025,
+    "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", truncated importance
+    sampling; the truncated ρ of IMPALA's V-trace, Espeholt et al. 2018, eq. 1).
+    ``logprobs``: log π_θk; ``behaviour_logprobs``: log π_b of the same tokens, both ``(B, T)``.
+    """
+    return (logprobs - behaviour_logprobs).exp().clamp(max=cap)
+
+
+@dataclass
 class KLController:
     """β of the KL penalty, adapted toward a target KL (Ziegler et al. 2019 §2.2, eq. 2).
 
@@ -168,13 +226,16 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    weights: torch.Tensor | None = None,
 ) -> PolicyLoss:
     """PPO's clipped surrogate, as a loss to minimise (Schulman et al. 2017, eq. 7).
 
-    L = −E_t[min(ρ_t·Â_t, clip(ρ_t, 1−ε, 1+ε)·Â_t)],  ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
+    L = −E_t[w_t·min(ρ_t·Â_t, clip(ρ_t, 1−ε, 1+ε)·Â_t)],  ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t)
 
     ``logprobs``: ``(B, T)`` under the policy being optimised (with grad). ``old_logprobs``: ``(B, T)``
-    under the policy that sampled the tokens (the behaviour policy). ``advantages``: ``(B, T)``, whitened.
+    under π_old = π_θk, the policy at the start of the iteration. ``advantages``: ``(B, T)``, whitened.
+    ``weights``: ``(B, T)`` per-token importance weights w_t from the sampling policy to π_old
+    (:func:`truncated_importance_weights`); None when π_old sampled the tokens itself (w_t = 1).
     Diagnostics: ``clip_fraction``, the share of tokens whose ratio left [1−ε, 1+ε] in the direction
     that clipping cuts off; ``approx_kl``, E[(ρ−1) − log ρ] (Schulman's "k3" estimator of KL(π_old‖π_θ),
     http://joschu.net/blog/kl-approx.html: unbiased and never negative).
@@ -183,7 +244,8 @@ def policy_loss(
     ratio = log_ratio.exp()  # (B, T)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    surrogate = torch.maximum(unclipped, clipped)  # (B, T)
+    loss = masked_mean(surrogate if weights is None else surrogate * weights, mask)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)

@@ -1,8 +1,10 @@
 """Client of the reward service's ``POST /v1/score``.
 
-Request ``{"inputs": [{"messages": [{"role": ..., "content": ...}, ...], "response": "..."}]}``, reply
-``{"rewards": [float, ...], "reward_model_version": int}``: one score per input, in order, in the reward
-model's units (log-odds of a thumbs up, see reward_service/).
+Request ``{"inputs": [{"messages": [{"role": ..., "content": ...}, ...], "response": "...",
+"finish_reason": "stop" | "length"}]}``, reply ``{"rewards": [float, ...], "reward_model_version": int,
+"heldout_balanced_accuracy": float | null, "heldout_votes": int}``: one score per input, in order, in the
+reward model's units (log-odds of a thumbs up, see reward_service/), and how well the scoring version
+did on its held-out votes.
 """
 
 from dataclasses import dataclass
@@ -13,10 +15,23 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """One response to score: the prompt's chat messages and the response text."""
+    """One response to score: the prompt's chat messages, the response text, and whether the response
+    ended by itself (``"stop"``) or was cut off at its token budget (``"length"``)."""
 
     messages: list[dict[str, str]]
     response: str
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A score reply: ``rewards`` (one per input), the reward-model version that produced them, and its
+    held-out balanced accuracy (None until measured) over ``heldout_votes`` votes."""
+
+    rewards: list[float]
+    reward_model_version: int
+    heldout_balanced_accuracy: float | None
+    heldout_votes: int
 
 
 def _transient(exc: BaseException) -> bool:
@@ -42,16 +57,27 @@ class RewardClient:
         wait=wait_exponential(multiplier=0.5, max=10),
         reraise=True,
     )
-    def score(self, items: list[ScoreRequest]) -> tuple[list[float], int]:
-        """Return ``(rewards, reward_model_version)`` for ``items``, one float per item."""
-        body = {"inputs": [{"messages": it.messages, "response": it.response} for it in items]}
+    def score(self, items: list[ScoreRequest]) -> Scores:
+        """Score ``items``, one reward per item."""
+        body = {
+            "inputs": [
+                {"messages": it.messages, "response": it.response, "finish_reason": it.finish_reason}
+                for it in items
+            ]
+        }
         reply = self._http.post("/v1/score", json=body)
         reply.raise_for_status()
         data = reply.json()
         rewards = [float(r) for r in data["rewards"]]
         if len(rewards) != len(items):
             raise ValueError(f"reward service returned {len(rewards)} rewards for {len(items)} inputs")
-        return rewards, int(data["reward_model_version"])
+        accuracy = data.get("heldout_balanced_accuracy")
+        return Scores(
+            rewards,
+            int(data["reward_model_version"]),
+            None if accuracy is None else float(accuracy),
+            int(data.get("heldout_votes", 0)),
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 class Rollout:
     """One prompt and response to train on.
 
-    ``behaviour_logprobs`` (live mode) are the serving policy's log π_b of each response token (natural log,
-    before temperature); None for responses the learner generated itself.
+    ``finish_reason``: ``"stop"`` (the response ended by itself) or ``"length"`` (cut off at its budget).
+    ``behaviour_logprobs`` (live mode): log π_b of each response token under the distribution serving
+    sampled it from (natural log, after temperature and top-p); None for responses the learner generated
+    itself.
     """
 
     response_id: str
@@ -40,6 +42,7 @@ class Rollout:
     response_ids: list[int]
     response_text: str
     policy_version: int
+    finish_reason: str = "stop"
     behaviour_logprobs: list[float] | None = None
 
 
@@ -80,11 +83,13 @@ class InteractionReader:
         self._buffer: deque = deque()
         # Position just past the last event handed out, per partition: what a checkpoint records.
         self._consumed = {offsets_key(tp): self.consumer.position(tp) for tp in self.partitions}
+        self._start = dict(self._consumed)
 
     def next_batch(
-        self, n: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False
+        self, n_min: int, n_max: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False
     ) -> Batch | None:
-        """Block until ``n`` events pass ``reject`` (a function returning None to accept, else a reason).
+        """Block until ``n_min`` events pass ``reject`` (a function returning None to accept, else a
+        reason), then take those already waiting, up to ``n_max`` in all.
 
         Rejected and undecodable events are skipped and counted in ``Batch.dropped``; they count as
         consumed. Returns None when ``should_stop()`` turns true while waiting: the partial batch is
@@ -92,12 +97,16 @@ class InteractionReader:
         """
         events: list[Interaction] = []
         dropped: dict[str, int] = {}
-        while len(events) < n:
+        while len(events) < n_max:
             if not self._buffer:
                 if should_stop():
                     return None
-                for records in self.consumer.poll(timeout_ms=int(poll_timeout_s * 1000)).values():
+                waiting = len(events) < n_min
+                polled = self.consumer.poll(timeout_ms=int(poll_timeout_s * 1000) if waiting else 0)
+                for records in polled.values():
                     self._buffer.extend(records)
+                if not self._buffer and not waiting:
+                    break
                 continue
             record = self._buffer.popleft()
             self._consumed[offsets_key(TopicPartition(record.topic, record.partition))] = record.offset + 1
@@ -112,6 +121,15 @@ class InteractionReader:
                 continue
             events.append(event)
         return Batch(events, dropped)
+
+    def rewind(self, offsets: dict[str, int]) -> None:
+        """Forget what was handed out since ``offsets`` (a checkpoint's; where it has no partition, the
+        position this reader started from) and read from there again."""
+        self._buffer.clear()
+        for tp in self.partitions:
+            key = offsets_key(tp)
+            self._consumed[key] = offsets.get(key, self._start[key])
+            self.consumer.seek(tp, self._consumed[key])
 
     def consumed_offsets(self) -> dict[str, int]:
         """Next offset to read per partition, just past the last event handed out or skipped."""

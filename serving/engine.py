@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 class Delta:
     """Newly generated piece of a response.
 
-    ``token_ids`` are vocabulary ids (int); ``logprobs`` the natural-log probability of each under the raw
-    model distribution of the generating policy (before temperature/top-p), one per token.
+    ``token_ids`` are vocabulary ids (int); ``logprobs`` the natural-log probability of each under the
+    distribution the sampler really drew it from (the policy's logits after temperature and top-p/top-k:
+    vLLM's ``processed_logprobs``), one per token. These are PPO's behaviour log-probs: the importance
+    ratio must divide by the probability the token was actually sampled with.
     """
 
     text: str
@@ -70,6 +72,7 @@ class PolicyEngine:
             dtype=self.settings.dtype,
             max_model_len=self.settings.max_model_len,
             enforce_eager=True,
+            logprobs_mode="processed_logprobs",
             worker_extension_cls="serving.worker_extension.PolicySwapExtension",
         )
         self.engine = AsyncLLM.from_engine_args(args)

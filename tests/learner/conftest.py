@@ -1,7 +1,8 @@
 """Fixtures for the learner's tests on the real broker and the real bundled model.
 
 The reward service is replaced by a test double (``scorer``): a FastAPI app implementing the same
-``POST /v1/score`` contract with a fixed rule, shorter responses score higher. Kafka and the model are real.
+``POST /v1/score`` contract with a fixed rule, shorter responses score higher, and a held-out accuracy a
+test may set (``SCORER``). Kafka and the model are real.
 """
 
 import socket
@@ -37,6 +38,11 @@ CONVERSATIONS = [
 class _ScoreInput(BaseModel):
     messages: list[dict[str, str]]
     response: str
+    finish_reason: str = "stop"
+
+
+# What the double reports about its reward model; a test may change it (and must restore it).
+SCORER = {"heldout_balanced_accuracy": 0.9, "heldout_votes": 100}
 
 
 class _ScoreRequest(BaseModel):
@@ -61,7 +67,7 @@ def scorer():
 
     @app.post("/v1/score")
     def score(req: _ScoreRequest) -> dict:
-        return {"rewards": [score_rule(i.response) for i in req.inputs], "reward_model_version": 1}
+        return {"rewards": [score_rule(i.response) for i in req.inputs], "reward_model_version": 1, **SCORER}
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -84,7 +90,8 @@ def fresh_kafka() -> KafkaSettings:
 
 @pytest.fixture(scope="session")
 def make_interactions(model_dir):
-    """Factory: ``make_interactions(n, policy_version)`` → n Interaction events with real log-probs."""
+    """Factory: ``make_interactions(n, policy_version, temperature)`` → n Interaction events whose
+    behaviour log-probs are the real model's at that sampling temperature (what serving records)."""
     tokenizer = load_tokenizer(model_dir)
     lm = load_lm(model_dir, trainable=False)
     encoded = []
@@ -95,10 +102,11 @@ def make_interactions(model_dir):
         encoded.append((messages, prompt, reply, response))
     batch = pack([e[1] for e in encoded], [e[3] for e in encoded])
     with torch.no_grad():
-        logprobs = logprobs_of(response_logits(lm, batch), batch.responses)  # (4, T)
+        logits = response_logits(lm, batch)  # (4, T, V)
     del lm
 
-    def make(n: int, policy_version: int = 0) -> list[Interaction]:
+    def make(n: int, policy_version: int = 0, temperature: float = 1.0) -> list[Interaction]:
+        logprobs = logprobs_of(logits / temperature, batch.responses)  # (4, T)
         events = []
         for i in range(n):
             k = i % len(encoded)
@@ -114,7 +122,7 @@ def make_interactions(model_dir):
                     response_text=reply,
                     response_token_ids=response,
                     behaviour_logprobs=logprobs[k, : len(response)].tolist(),
-                    sampling=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=64),
+                    sampling=SamplingParams(temperature=temperature, top_p=1.0, max_tokens=64),
                     finish_reason="stop",
                 )
             )
@@ -176,8 +184,13 @@ def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **override
         metrics_port=0,
         group_id=f"learner-{uuid.uuid4().hex[:6]}",
         batch_size=4,
-        num_minibatches=2,
+        min_batch_size=4,
+        minibatch_size=2,
+        micro_batch_size=2,
         ppo_epochs=2,
+        learning_rate=1e-4,
+        canary_samples=2,
+        publish_every=1,
         response_length=16,
         gate_max_new_tokens=16,
         heldout_prompts=prompts_dir / "heldout.jsonl",

@@ -1,26 +1,18 @@
-"""Config: derived batch sizes, and a clear error when they do not divide."""
+"""Config: a clear error when batch sizes do not fit together; environment overrides."""
 
 import pytest
 
 from learner.config import LearnerConfig
 
 
-def test_derived_batch_sizes():
-    cfg = LearnerConfig(batch_size=8, num_minibatches=2, gradient_accumulation_steps=2)
-    assert (cfg.minibatch_size, cfg.micro_batch_size) == (4, 2)
-
-
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"batch_size": 6, "num_minibatches": 4}, "num_minibatches"),
-        (
-            {"batch_size": 8, "num_minibatches": 2, "gradient_accumulation_steps": 3},
-            "gradient_accumulation_steps",
-        ),
+        ({"batch_size": 8, "min_batch_size": 16}, "min_batch_size"),
+        ({"minibatch_size": 8, "micro_batch_size": 3}, "micro_batch_size"),
     ],
 )
-def test_inexact_division_is_a_value_error(kwargs, words):
+def test_inconsistent_batch_sizes_are_a_value_error(kwargs, words):
     with pytest.raises(ValueError, match=words):
         LearnerConfig(**kwargs)
 

@@ -1,4 +1,5 @@
-"""One learner iteration on the real broker and model: a promoted v1 that loads, and a rejected version."""
+"""Learner iterations on the real broker and model: a promoted v1 that loads, a rejected version, generate
+mode, temperature-0.7 traffic, redeliveries, and waiting for a reward model better than chance."""
 
 import re
 import threading
@@ -15,7 +16,7 @@ from learner.loop import Learner
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import local_dir, weights_sha256
-from tests.learner.conftest import committed_offset, produce, read_policy_records, small_config
+from tests.learner.conftest import SCORER, committed_offset, produce, read_policy_records, small_config
 
 PROMOTED, REJECTED = PolicyStatus.POLICY_STATUS_PROMOTED, PolicyStatus.POLICY_STATUS_REJECTED
 
@@ -31,10 +32,13 @@ def test_one_live_iteration_publishes_a_loadable_v1(
 ):
     events = make_interactions(4)
     produce(fresh_kafka, events)
-    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts")
+    # A step large enough to change the greedy held-out answer (an unchanged candidate is not published),
+    # and a KL budget it cannot break.
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", learning_rate=1e-3, kl_budget=1e3)
     learner = Learner(cfg, fresh_kafka)
     try:
         state = learner.run()
+        assert learner.state.baseline_answers != learner.state.anchor_answers
         metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
         trained = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
         # A restart repeating the publish (crash after it reached the topic) must not add a version.
@@ -85,12 +89,19 @@ def test_one_live_iteration_publishes_a_loadable_v1(
         "explained_variance",
         "consumer_lag",
         "behaviour_logprob_gap",
+        "truncated_weight_fraction",
+        "reward_model_version",
+        "reward_model_accuracy",
     ):
         _metric(metrics, f"rlhf_learner_{name}")
     assert _metric(metrics, "rlhf_learner_consumer_lag") == 0
     assert _metric(metrics, "rlhf_learner_entropy") > 0
     # The behaviour log-probs came from the same fp32 weights: before the update the ratio is 1.
     assert _metric(metrics, "rlhf_learner_behaviour_logprob_gap") < 1e-3
+    assert _metric(metrics, "rlhf_learner_reward_model_accuracy") == 0.9
+    assert _metric(metrics, "rlhf_learner_waiting_for_reward_model") == 0
+    for stage in ("read", "score", "update", "gates", "checkpoint", "publish"):
+        assert _metric(metrics, f'rlhf_learner_stage_cpu_seconds_total{{stage="{stage}"}}') > 0
 
 
 def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
@@ -111,7 +122,7 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
     producer.close()
     stale, fresh = make_interactions(2, policy_version=0), make_interactions(4, policy_version=3)
     produce(fresh_kafka, stale[:1] + fresh[:2] + stale[1:] + fresh[2:])
-    # Two tokens are too few for the canary "What is the capital of France?" to end with EOS.
+    # Two tokens are too few for any sample of the canary "What is the capital of France?" to end with EOS.
     cfg = small_config(
         tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2, max_staleness=2
     )
@@ -120,9 +131,14 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
         state = learner.run()
         metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
         # The rejected candidate is discarded: training resumes from v3's weights (the bundled model's,
-        # which the reference also holds) with fresh optimizer moments.
-        reference = dict(learner.reference.named_parameters())
-        assert all(torch.equal(p, reference[n]) for n, p in learner.policy.lm.named_parameters())
+        # whose top layers the reference also holds) with fresh optimizer moments.
+        reference = learner.trainer.reference.state_dict()
+        top = {
+            f"layers.{i}.{k}": v
+            for i, layer in enumerate(learner.policy.top_layers)
+            for k, v in layer.state_dict().items()
+        }
+        assert all(torch.equal(v, reference[k]) for k, v in top.items())
         assert not learner.trainer.optimizer.state
     finally:
         learner.close()
@@ -135,7 +151,7 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
 
     record = read_policy_records(fresh_kafka)[-1]
     assert (record.version, record.status, record.parent) == (4, REJECTED, 3)
-    assert "canary" in record.reason and "not answered" in record.reason
+    assert "canary" in record.reason and "0 of 2 sampled answers ended" in record.reason
     assert record.checkpoint_uri == "" and len(record.weights_sha256) == 64
     store = tmp_path / "state" / "policies"
     assert not (store / "v4").exists() and not list(store.glob(".staging-*"))
@@ -159,7 +175,7 @@ def test_generate_mode_samples_its_own_responses_for_live_prompts(
         mode="generate",
         response_length=8,
         ppo_epochs=1,
-        num_minibatches=1,
+        minibatch_size=4,
         publish_every=1000,
     )
     learner = Learner(cfg, fresh_kafka)
@@ -175,3 +191,53 @@ def test_generate_mode_samples_its_own_responses_for_live_prompts(
     assert learner.state.dropped == {}
     assert any(not torch.equal(before[k], after[k]) for k in after)
     assert read_policy_records(fresh_kafka) == []
+
+
+def test_temperature_07_traffic_gets_truncated_importance_weights(
+    tmp_path, fresh_kafka, scorer, make_interactions
+):
+    # Served at temperature 0.7: the behaviour log-probs are those of the sharpened distribution, so they
+    # differ from the learner's π_θk (temperature 1) and each token's weight is min(π_θk/π_b, tis_cap).
+    events = make_interactions(4, temperature=0.7)
+    produce(fresh_kafka, events[:2] + events[:1] + events[2:])  # a redelivery: dropped as a duplicate
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", publish_every=1000)
+    learner = Learner(cfg, fresh_kafka)
+    try:
+        before = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
+        first = learner.iterate(threading.Event())
+        after = learner.policy.lm.state_dict()
+    finally:
+        learner.close()
+    assert first is not None
+    # Sharpening makes likely tokens likelier under π_b: log π_θk − log π_b differs from 0 on every token.
+    assert first.behaviour_gap > 0.01
+    assert 0.0 <= first.truncated_fraction < 1.0
+    assert all(map(torch.isfinite, (torch.tensor(first.policy_loss), torch.tensor(first.value_loss))))
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)
+    assert learner.state.dropped == {"duplicate": 1}
+
+
+def test_no_ppo_until_the_reward_model_beats_chance(tmp_path, fresh_kafka, scorer, make_interactions):
+    events = make_interactions(4)
+    produce(fresh_kafka, events)
+    cfg = small_config(
+        tmp_path / "state", scorer, tmp_path / "prompts", publish_every=1000, reward_wait_s=0.1
+    )
+    learner = Learner(cfg, fresh_kafka)
+    saved = dict(SCORER)
+    try:
+        SCORER.update(heldout_balanced_accuracy=0.52, heldout_votes=100)
+        before = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
+        assert learner.iterate(threading.Event()) is None
+        metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
+        assert _metric(metrics, "rlhf_learner_waiting_for_reward_model") == 1
+        assert learner.state.iteration == 0 and learner.state.events_consumed == 0
+        assert all(torch.equal(before[k], v) for k, v in learner.policy.lm.state_dict().items())
+        # Once it does, the same events (rewound, not lost) are trained.
+        SCORER.update(saved)
+        assert learner.iterate(threading.Event()) is not None
+    finally:
+        SCORER.update(saved)
+        learner.close()
+    assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)

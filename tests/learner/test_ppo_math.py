@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from learner import ppo
+from learner.config import LearnerConfig
 from learner.gates import exact_kl
 from learner.model import pack
 from learner.sft import response_only_loss
@@ -99,6 +100,54 @@ def test_clipped_surrogate_by_hand():
     out.loss.backward()
     # ∂L/∂logπ = −A·r/3 where unclipped, 0 where clipped or padding
     assert torch.allclose(logprobs.grad, torch.tensor([[0.0, -0.5 / 3, 1.1 / 3, 0.0]]))
+
+
+def test_kl_horizon_of_the_default_config_moves_beta_within_iterations():
+    cfg = LearnerConfig()
+    ctl = ppo.KLController(value=cfg.init_kl_coef, target=cfg.target_kl, horizon=cfg.kl_horizon)
+    # KL far above target: error clipped to 0.2; a batch of 32 moves β by 0.2·32/256 = 2.5% per iteration
+    assert ctl.update(100.0, n_steps=32) == approx(0.15 * 1.025)
+    # ten such iterations: 0.15·1.025^10 = 0.19201, a 28% rise (lm-human-preferences' horizon: 0.64%)
+    for _ in range(9):
+        ctl.update(100.0, n_steps=32)
+    assert ctl.value == approx(0.15 * 1.025**10)
+    assert 0.15 * 1.025**10 == approx(0.192013)
+
+
+def test_truncated_importance_weights_by_hand():
+    logprobs = torch.tensor([[math.log(0.5), math.log(0.9), math.log(0.2)]])  # π_θk
+    behaviour = torch.tensor([[math.log(0.25), math.log(0.3), math.log(0.4)]])  # π_b, e.g. at T = 0.7
+    w = ppo.truncated_importance_weights(logprobs, behaviour, cap=2.0)
+    # 0.5/0.25 = 2 (at the cap); 0.9/0.3 = 3 → 2 (truncated); 0.2/0.4 = 0.5
+    assert torch.allclose(w, torch.tensor([[2.0, 2.0, 0.5]]))
+
+
+def test_weighted_surrogate_by_hand():
+    logprobs = torch.zeros(1, 3, requires_grad=True)  # ratio 1 on every token
+    adv = torch.tensor([[1.0, -2.0, 3.0]])
+    mask = torch.tensor([[True, True, False]])
+    weights = torch.tensor([[2.0, 0.5, 7.0]])
+    out = ppo.policy_loss(logprobs, torch.zeros(1, 3), adv, mask, clip_range=0.2, weights=weights)
+    # −(2·1·1 + 0.5·1·(−2)) / 2 = −(2 − 1)/2 = −0.5; the padded token's weight never counts
+    assert out.loss.item() == approx(-0.5)
+    out.loss.backward()
+    assert torch.allclose(logprobs.grad, torch.tensor([[-1.0, 0.5, 0.0]]))
+
+
+def test_reward_normalizer_per_reward_model_version():
+    norm = ppo.RewardNormalizer()
+    # version 3, first batch [1, 3]: mean 2, sample std √2 → [−1/√2, 1/√2]
+    out = norm(torch.tensor([1.0, 3.0]), version=3)
+    assert torch.allclose(out, torch.tensor([-1.0, 1.0]) / math.sqrt(2))
+    # second batch [5] merges: scores {1, 3, 5}, mean 3, sample var ((−2)² + 0 + 2²)/2 = 4, std 2 → (5 − 3)/2
+    assert norm(torch.tensor([5.0]), version=3).item() == approx(1.0)
+    assert (norm.count, norm.mean, norm.m2) == (3, approx(3.0), approx(8.0))
+    # a new reward-model version starts its own statistics: [10, 14] → mean 12, std 2√2
+    out = norm(torch.tensor([10.0, 14.0]), version=4)
+    assert torch.allclose(out, torch.tensor([-2.0, 2.0]) / (2 * math.sqrt(2)))
+    assert (norm.version, norm.count) == (4, 2)
+    # a single score of a fresh version: only the mean is removed
+    assert ppo.RewardNormalizer()(torch.tensor([7.0]), version=1).item() == approx(0.0)
 
 
 def test_clipped_value_loss_by_hand():
