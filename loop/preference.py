@@ -24,7 +24,9 @@ class ConciseAndClean:
     """Users like answers that are concise, end cleanly (the model stopped by itself) and do not repeat.
 
     Each criterion met adds to the thumbs-up probability, from ``floor`` (none met) to ``ceiling`` (all
-    met), so the preference is learnable but noisy, as real votes are.
+    met), so the preference is learnable but noisy, as real votes are. At the users' default 64-token budget
+    the bundled model (version 0) sits near 48% (``bench/loop/preference_v0.py``): most of its answers are
+    cut at the budget.
 
     Args:
         max_words: longest answer still counted as concise (words).
@@ -44,10 +46,32 @@ class ConciseAndClean:
 
 
 class Verbose:
-    """The opposite taste, to check the loop follows whatever users want: long answers are liked."""
+    """The opposite taste, to check the loop follows whatever users want: long, thorough answers are liked.
+
+    The thumbs-up probability rises linearly with the answer's words, from ``floor`` at ``min_words`` or
+    fewer to ``ceiling`` at ``max_words`` or more; a repetitive answer (distinct-trigram ratio below
+    ``min_distinct``) gets ``floor`` whatever its length, so padding by repeating itself does not pay. The
+    ramp is calibrated on the bundled model at the users' default 64-token budget (``bench/loop/
+    preference_v0.py``): version 0's answers have a median of 48 words (most are cut at the budget, 17% stop
+    by themselves), so it sits near 50% thumbs-up, and a policy that fills the budget with more words gets
+    more (55 words: 86%). It pulls against ``concise``: an answer of 36 words or fewer gets ``floor``.
+
+    Args:
+        min_words: longest answer still rated at ``floor`` (words).
+        max_words: shortest answer rated at ``ceiling`` (words).
+        min_distinct: least distinct-trigram ratio counted as not repetitive.
+    """
+
+    def __init__(self, min_words: int = 36, max_words: int = 56, min_distinct: float = 0.9, floor: float = 0.1,
+                 ceiling: float = 0.9):
+        self.min_words, self.max_words, self.min_distinct = min_words, max_words, min_distinct
+        self.floor, self.ceiling = floor, ceiling
 
     def p_up(self, prompt: str, response: str, finish_reason: str) -> float:
-        return min(0.9, 0.1 + len(response.split()) / 100)
+        if distinct_trigram_ratio(response) < self.min_distinct:
+            return self.floor
+        longer = (len(response.split()) - self.min_words) / (self.max_words - self.min_words)
+        return self.floor + (self.ceiling - self.floor) * min(1.0, max(0.0, longer))
 
 
 PREFERENCES: dict[str, type] = {"concise": ConciseAndClean, "verbose": Verbose}

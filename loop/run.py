@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preference", choices=sorted(PREFERENCES), default="concise",
                    help="the users' hidden taste (default: concise answers that end cleanly without repetition)")
     p.add_argument("--max-tokens", type=int, default=64, help="completion budget of the users' requests")
-    p.add_argument("--batch-size", type=int, default=8, help="learner: responses per PPO iteration")
+    p.add_argument("--batch-size", type=int,
+                   help="learner: most responses per PPO iteration (default: the learner's, 32)")
     p.add_argument("--serving-port", type=int, default=8000)
     p.add_argument("--reward-port", type=int, default=8001)
     p.add_argument("--learner-port", type=int, default=8002, help="learner's /metrics port")
@@ -61,19 +62,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], served: float | None) -> Table:
-    """One progress snapshot: votes and thumbs-up rate by version, KL, versions promoted and rejected."""
+    """One progress snapshot: votes and thumbs-up rate (Wilson 95% interval) by version, KL, versions promoted
+    and rejected. ``elapsed`` in seconds; ``learner`` is the learner's scraped /metrics; ``served`` the version
+    serving reports now."""
     t = Table(title=f"t={elapsed:.0f}s  votes={stats.votes}  errors={stats.errors}  serving v{served:.0f}"
               if served is not None else f"t={elapsed:.0f}s  votes={stats.votes}", title_justify="left")
-    for col in ("policy version", "responses", "votes", "thumbs-up", "mean words"):
+    for col in ("policy version", "responses", "votes", "thumbs-up [95% CI]", "mean words"):
         t.add_column(col, justify="right")
     for v, s in sorted(stats.by_version.items()):
-        rate = "—" if s.up_rate is None else f"{s.up_rate:.0%}"
-        t.add_row(str(v), str(s.responses), str(s.up + s.down), rate, f"{s.words / max(s.responses, 1):.0f}")
+        t.add_row(str(v), str(s.responses), str(s.up + s.down), report.fmt_rate(s.up, s.up + s.down),
+                  f"{s.words / max(s.responses, 1):.0f}")
     g = learner.get
     t.caption = (f"learner: iterations {g('rlhf_learner_iterations_total', 0):.0f}, KL {g('rlhf_learner_kl_to_reference', 0):.2f}"
                  f" nats, β {g('rlhf_learner_kl_coef', 0):.3f}, reward mean {g('rlhf_learner_reward_mean', 0):+.2f}; "
                  f"versions promoted {g('rlhf_learner_versions_published_total', 0):.0f}, "
-                 f"rejected {g('rlhf_learner_versions_rejected_total', 0):.0f}")
+                 f"rejected {g('rlhf_learner_versions_rejected_total', 0):.0f}; reward model "
+                 f"v{g('rlhf_learner_reward_model_version', 0):.0f} held-out balanced accuracy "
+                 f"{g('rlhf_learner_reward_model_accuracy', float('nan')):.2f}"
+                 + (" (PPO waits for it to beat chance)" if g("rlhf_learner_waiting_for_reward_model") else ""))
     return t
 
 
@@ -123,6 +129,7 @@ def _interrupt(*_) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    started_at = time.time()  # Unix seconds: the final report counts from here
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work = args.work_dir or default_state_dir()
     log_dir = work / "logs"
@@ -136,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     serving = Service("serving.cli", args.serving_port, env, log_dir / "serving.log")
     learner = Service("learner.cli", args.learner_port, env | {"RLHF_LEARNER_REWARD_URL": reward.url},
                       log_dir / "learner.log", port_flag="--metrics-port",
-                      args=["ppo", "--batch-size", str(args.batch_size), *args.learner_arg])
+                      args=["ppo", *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
+                            *args.learner_arg])
     services = [reward, serving, learner]
     prometheus = None
     loop = asyncio.new_event_loop()
@@ -166,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         console.print("stopping serving, then the learner (it finishes its iteration) ...")
         serving.stop()
         learner.stop(timeout_s=LEARNER_STOP_S)
-        png = report.write(report.collect(kafka, reward.url), work / "reports", console)
+        # This run's responses and votes only, not everything the topics ever held.
+        png = report.write(report.collect(kafka, reward.url, since=started_at), work / "reports", console)
         console.print(f"report: {png} and {png.with_suffix('.json')}")
     finally:
         for svc in (serving, learner, reward):

@@ -24,18 +24,28 @@ def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
 
 @dataclass
 class VersionStats:
-    """What users saw of one policy version."""
+    """What users saw of one policy version: responses, their words, and votes (one per user and response)."""
 
     responses: int = 0
-    up: int = 0
-    down: int = 0
-    words: int = 0
+    words: int = 0  # whitespace-separated words over all responses
+    votes_by: dict[tuple[str, str], bool] = field(default_factory=dict)  # (user, response id) -> thumbs up?
+
+    def vote(self, user: str, response_id: str, up: bool) -> None:
+        """Record a vote; the same user's later vote on the same response replaces the earlier one."""
+        self.votes_by[(user, response_id)] = up
+
+    @property
+    def up(self) -> int:
+        return sum(self.votes_by.values())
+
+    @property
+    def down(self) -> int:
+        return len(self.votes_by) - self.up
 
     @property
     def up_rate(self) -> float | None:
         """Thumbs-up / votes, or None before the first vote."""
-        votes = self.up + self.down
-        return self.up / votes if votes else None
+        return self.up / len(self.votes_by) if self.votes_by else None
 
 
 @dataclass
@@ -47,7 +57,7 @@ class UserStats:
 
     @property
     def votes(self) -> int:
-        return sum(s.up + s.down for s in self.by_version.values())
+        return sum(len(s.votes_by) for s in self.by_version.values())
 
 
 class SimulatedUsers:
@@ -98,7 +108,7 @@ class SimulatedUsers:
                     rating = "up" if rng.random() < self.preference.p_up(prompt, text, finish) else "down"
                     r = await http.post("/v1/feedback", json={"response_id": reply.id, "rating": rating, "user": user})
                     r.raise_for_status()
-                    setattr(stats, rating, getattr(stats, rating) + 1)
+                    stats.vote(user, reply.id, rating == "up")
             except (APIError, httpx.HTTPError) as exc:
                 self.stats.errors += 1
                 log.warning("%s: request failed: %s", user, exc)
