@@ -191,10 +191,10 @@ class LearnerConfig(BaseSettings):
         le=1,
         description="no PPO on scores from a reward model whose held-out balanced "
         "accuracy is below this: rewards from a model no better than chance are noise "
-        "that PPO would still follow",
+        "that PPO would still follow (0 turns the check off)",
     )
     min_reward_heldout_votes: int = Field(
-        12, ge=0, description="...and measured on at least this many held-out votes"
+        10, ge=0, description="...and measured on at least this many held-out votes"
     )
     reward_wait_s: float = Field(
         10.0, gt=0, description="while the reward model is not good enough: seconds between checks"

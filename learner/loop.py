@@ -272,7 +272,7 @@ class Learner:
 
     def _reward_model_ready(self, scores) -> bool:
         accuracy = scores.heldout_balanced_accuracy
-        ready = (
+        ready = self.cfg.min_reward_accuracy <= 0 or (
             accuracy is not None
             and accuracy >= self.cfg.min_reward_accuracy
             and scores.heldout_votes >= self.cfg.min_reward_heldout_votes

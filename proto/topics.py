@@ -47,13 +47,11 @@ class TopicSpec:
 
 INTERACTIONS = "interactions"
 FEEDBACK = "feedback"
-REWARDS = "rewards"
 POLICY = "policy"
 
 TOPICS = (
     TopicSpec(INTERACTIONS, {"retention.ms": str(WEEK_MS), "cleanup.policy": "delete"}),
     TopicSpec(FEEDBACK, {"retention.ms": str(WEEK_MS), "cleanup.policy": "delete"}),
-    TopicSpec(REWARDS, {"retention.ms": str(WEEK_MS), "cleanup.policy": "delete"}),
     # One record per policy version, keyed by version: compaction keeps each version's latest status.
     TopicSpec(POLICY, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
 )

@@ -11,13 +11,12 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from proto import topics
-from proto.events_pb2 import Feedback, Interaction, PolicyStatus, PolicyVersion, Reward
+from proto.events_pb2 import Feedback, Interaction, PolicyStatus, PolicyVersion
 from proto.policy_log import PIN_KEY
 
 EVENT_TYPES: dict[str, type[Message]] = {
     topics.INTERACTIONS: Interaction,
     topics.FEEDBACK: Feedback,
-    topics.REWARDS: Reward,
     topics.POLICY: PolicyVersion,
 }
 

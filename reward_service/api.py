@@ -91,7 +91,8 @@ router = APIRouter()
 
 @router.post("/v1/score", response_model=ScoreResponse, tags=["reward"])
 def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
-    """Score each ``{messages, response}`` with the newest reward-model checkpoint.
+    """Score each ``{messages, response, finish_reason}`` with the newest reward-model checkpoint; the reply
+    carries that version's held-out balanced accuracy, so a client can refuse an untrustworthy model.
 
     A plain ``def``: FastAPI runs it in its thread pool, so a forward pass never blocks the event loop.
     """
@@ -105,13 +106,22 @@ def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
             param="inputs",
             code="batch_too_large",
         )
-    service.scorer.refresh()
-    items = [([m.model_dump() for m in i.messages], i.response) for i in body.inputs]
-    try:
-        rewards, version = service.scorer.score(items, source="http")
-    except ContextTooLong as exc:
-        raise APIError(400, str(exc), param=f"inputs[{exc.index}]", code="context_length_exceeded") from exc
-    return ScoreResponse(rewards=rewards, reward_model_version=version)
+    items = [([m.model_dump() for m in i.messages], i.response, i.finish_reason) for i in body.inputs]
+    with service.metrics.cpu_stage("score"):
+        service.scorer.refresh()
+        try:
+            scored = service.scorer.score(items, source="http")
+        except ContextTooLong as exc:
+            raise APIError(
+                400, str(exc), param=f"inputs[{exc.index}]", code="context_length_exceeded"
+            ) from exc
+    heldout = scored.heldout
+    return ScoreResponse(
+        rewards=scored.rewards,
+        reward_model_version=scored.version,
+        heldout_balanced_accuracy=heldout.balanced_accuracy if heldout else None,
+        heldout_votes=heldout.votes if heldout else 0,
+    )
 
 
 @router.get("/healthz", tags=["ops"])

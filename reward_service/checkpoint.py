@@ -27,11 +27,14 @@ STATE = "state.json"
 
 
 class HeldOut(BaseModel):
-    """Scores of one model version on the held-out votes."""
+    """Scores of one model version on the held-out evaluation set (``JoinStore.heldout``)."""
 
     votes: int
     accuracy: float
     auc: float | None = Field(description="None while the held-out slice lacks up or down votes")
+    # Mean of up- and down-recall; None while a class is absent, and in checkpoints older than the field.
+    balanced_accuracy: float | None = None
+    up_votes: int | None = Field(None, description="how many of ``votes`` are thumbs up")
 
 
 class CheckpointState(BaseModel):
@@ -169,7 +172,8 @@ def new_state(
 
 
 def dump_curve(states: list[CheckpointState]) -> str:
-    """The held-out learning curve of a lineage as JSON lines: version, votes trained, accuracy, AUC."""
+    """The held-out learning curve of a lineage as JSON lines: version, votes trained, held-out votes,
+    accuracy, balanced accuracy, AUC."""
     return "\n".join(
         json.dumps(
             {
@@ -177,6 +181,7 @@ def dump_curve(states: list[CheckpointState]) -> str:
                 "votes_trained": s.votes_trained,
                 "heldout_votes": s.heldout.votes if s.heldout else 0,
                 "accuracy": s.heldout.accuracy if s.heldout else None,
+                "balanced_accuracy": s.heldout.balanced_accuracy if s.heldout else None,
                 "auc": s.heldout.auc if s.heldout else None,
             }
         )

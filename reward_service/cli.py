@@ -1,6 +1,6 @@
 """Command line of the reward service (console script ``rlhf-reward``).
 
-    python -m reward_service.cli            serve on 127.0.0.1:8001, consume Kafka, train, publish rewards
+    python -m reward_service.cli            serve on 127.0.0.1:8001, consume Kafka, train
     python -m reward_service.cli --no-train  serve scores only (follows the checkpoints another one writes)
     python -m reward_service.cli curve       print the held-out learning curve of the latest checkpoint
 
@@ -16,6 +16,7 @@ import os
 # a forward pass took 7–36 s with the default active wait and 4–11 s with passive waits.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import torch  # noqa: E402
 import uvicorn  # noqa: E402
 
 from reward_service.api import build_app  # noqa: E402
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"no checkpoint in {settings.checkpoint_dir}")
         print(dump_curve(checkpoints.lineage(latest)))
         return
+    if settings.torch_threads:
+        # Process-wide: the stream worker's training and the HTTP threads' scoring (measured in README.md).
+        torch.set_num_threads(settings.torch_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines narrate every connection
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")

@@ -5,6 +5,8 @@
 - Pairwise: when one prompt has a liked response r⁺ and a disliked one r⁻, the Bradley–Terry model
   P(r⁺ ≻ r⁻) = σ(r⁺ − r⁻) (Bradley & Terry 1952), loss −log σ(r⁺ − r⁻) as in InstructGPT
   (Ouyang et al. 2022, eq. 1).
+- Held-out measures: accuracy of sign(r), *balanced* accuracy (mean of the up- and down-recall, so a skewed
+  held-out slice cannot score well by predicting its majority), ROC AUC.
 """
 
 import hashlib
@@ -31,10 +33,14 @@ def pointwise_loss(rewards: torch.Tensor, up: torch.Tensor, weights: torch.Tenso
     """Weighted logistic loss of thumbs votes, with P(up) = σ(reward).
 
     ``rewards``: (B,) float32; ``up``: (B,) bool; ``weights``: (B,) float32. Returns a scalar:
-    Σ wᵢ·BCE(σ(rᵢ), upᵢ) / Σ wᵢ.
+    Σ wᵢ·BCE(σ(rᵢ), upᵢ) / B.
+
+    The divisor is the batch size, not Σ wᵢ: the class-balance weights already average 1 over the stream, so
+    this is an unbiased estimate of the stream's balanced loss whatever the batch holds. Dividing by Σ wᵢ
+    would cancel the weights of a batch of one class, e.g. the one- or two-vote batches of a slow stream.
     """
     losses = F.binary_cross_entropy_with_logits(rewards, up.float(), reduction="none")  # (B,)
-    return (weights * losses).sum() / weights.sum()
+    return (weights * losses).sum() / len(losses)
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -53,6 +59,19 @@ def accuracy(rewards: torch.Tensor, up: torch.Tensor) -> float:
     return ((rewards > 0) == up).float().mean().item()
 
 
+def balanced_accuracy(rewards: torch.Tensor, up: torch.Tensor) -> float | None:
+    """Mean of the up-recall (share of up votes with r > 0) and the down-recall (share of down votes with
+    r ≤ 0): the accuracy each class would get if both were equally common. 0.5 is chance, and a model that
+    calls everything "up" (or everything "down") scores exactly 0.5 however skewed the votes are.
+
+    ``rewards``: (N,) float; ``up``: (N,) bool. Returns ``None`` when either class is absent (undefined).
+    """
+    pos, neg = rewards[up], rewards[~up]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    return 0.5 * ((pos > 0).float().mean().item() + (neg <= 0).float().mean().item())
+
+
 def auc(rewards: torch.Tensor, up: torch.Tensor) -> float | None:
     """Area under the ROC curve: P(r of a random up vote > r of a random down vote), ties counting ½.
 
@@ -67,11 +86,14 @@ def auc(rewards: torch.Tensor, up: torch.Tensor) -> float | None:
     return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
 
 
-def is_heldout(response_id: str, fraction: float) -> bool:
-    """Whether ``response_id`` belongs to the held-out slice that is never trained on.
+def is_heldout(prompt_key: str, fraction: float) -> bool:
+    """Whether the prompt ``prompt_key`` (its canonical key, see ``store.prompt_key``) belongs to the held-out
+    slice that is never trained on.
 
-    Decided by a hash of the id (first 8 bytes of its SHA-256 as a fraction of 2⁶⁴), so every replica and
-    every restart puts the same responses — and all votes on them — on the same side.
+    Split by *prompt*, not by response: responses to one prompt are near-duplicates of each other, so a
+    response-level split would score held-out answers to prompts the model was trained on. Decided by a
+    hash of the key (first 8 bytes of its SHA-256 as a fraction of 2⁶⁴), so every replica and every restart
+    puts the same prompts, all their responses and all votes on them, on the same side.
     """
-    digest = hashlib.sha256(response_id.encode()).digest()
+    digest = hashlib.sha256(prompt_key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction

@@ -4,11 +4,23 @@ Each service instance has its own registry, so several apps can live in one proc
 clashing, and ``/metrics`` exposes exactly this service's series.
 """
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+STAGES = ("ingest", "train", "evaluate", "checkpoint", "score")
 # Rewards are logits of P(up): most mass lies within ±10.
 REWARD_BUCKETS = (-10, -5, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 5, 10)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def cpu_clock() -> Callable[[], float]:
+    """The clock of the stage CPU counters (see :meth:`RewardMetrics.cpu_stage`): the calling thread's CPU
+    time when torch runs one thread (it then computes in the calling thread), else the process's."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.process_time
 
 
 class RewardMetrics:
@@ -42,12 +54,35 @@ class RewardMetrics:
         self.heldout_auc = Gauge(
             "rlhf_reward_heldout_auc", "ROC AUC on held-out votes, latest checkpoint", registry=r
         )
+        self.heldout_balanced_accuracy = Gauge(
+            "rlhf_reward_heldout_balanced_accuracy",
+            "Mean of up- and down-recall of sign(reward) on held-out votes, latest checkpoint (0.5: chance)",
+            registry=r,
+        )
         self.heldout_votes = Gauge(
             "rlhf_reward_heldout_votes", "Held-out votes the last evaluation used", registry=r
         )
         # Not measured until the first evaluation: NaN, not a misleading 0.
         self.heldout_accuracy.set(float("nan"))
         self.heldout_auc.set(float("nan"))
+        self.heldout_balanced_accuracy.set(float("nan"))
+        self.vote_lag = Gauge(
+            "rlhf_reward_vote_lag_seconds",
+            "Age of the oldest joined, trainable vote not yet trained (since it was cast), s; 0 when none",
+            registry=r,
+        )
+        self.votes_untrained = Gauge(
+            "rlhf_reward_votes_untrained", "Joined, trainable votes not yet trained", registry=r
+        )
+        self.stage_cpu = Counter(
+            "rlhf_reward_stage_cpu_seconds",
+            "CPU seconds spent in each stage: ingest (poll + store), train, evaluate, checkpoint (save,"
+            " prune, reload, commit), score (POST /v1/score)",
+            ["stage"],
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage_cpu.labels(stage)
         self.examples_seen = Gauge(
             "rlhf_reward_training_examples_seen",
             "Training examples in the current model's lineage (kind: pointwise votes, pairwise pairs)",
@@ -75,11 +110,8 @@ class RewardMetrics:
         )
         self.too_long = Counter(
             "rlhf_reward_too_long_interactions",
-            "Interactions longer than the context: not scored or trained",
+            "Interactions longer than the context: not trained",
             registry=r,
-        )
-        self.rewards_published = Counter(
-            "rlhf_reward_rewards_published", "Reward events sent to the rewards topic", registry=r
         )
         self.checkpoint_seconds = Histogram(
             "rlhf_reward_checkpoint_duration_seconds",
@@ -87,3 +119,20 @@ class RewardMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    @contextmanager
+    def cpu_stage(self, stage: str) -> Iterator[None]:
+        """Count the CPU time of the ``with`` body in ``rlhf_reward_stage_cpu_seconds{stage}``.
+
+        With one torch thread (``torch_threads`` = 1, the default) torch computes in the calling thread, so
+        the calling thread's CPU time (``time.thread_time``) is the stage's whole cost, and a stage running
+        beside another (``score`` in HTTP threads while the stream worker trains or polls) is not charged
+        the other's CPU. With more torch threads their work runs in pool threads, so the process's CPU time
+        (``time.process_time``, all threads) is counted instead, and overlapping stages share each other's.
+        """
+        clock = cpu_clock()
+        started = clock()
+        try:
+            yield
+        finally:
+            self.stage_cpu.labels(stage).inc(max(0.0, clock() - started))

@@ -5,9 +5,15 @@ layer, and put a linear layer that outputs one scalar on the final hidden state 
 ``prompt + response``. The text is the policy's own chat template with the response as the assistant
 turn, so the reward model reads exactly what the policy was trained to write.
 
+A response that was cut off (``finish_reason`` "length": the token budget ran out; or "abort") is encoded
+without the template's closing end-of-turn token, because the policy never wrote one: the reward model
+reads the text as it really ended, and can learn that unfinished answers are disliked.
+
 Only the top ``trainable_layers`` decoder layers, the final norm and the head are trained (the rest of
 the backbone stays the frozen SFT weights): on a CPU this keeps an online update cheap, and a checkpoint
-only has to hold those tensors (an *overlay* on the base model directory).
+only has to hold those tensors (an *overlay* on the base model directory). The forward pass is split at
+that boundary (:meth:`RewardModel.trunk`, :meth:`RewardModel.top`) so the frozen part's output for a
+sequence, which never changes, can be computed once and reused (``trainer.TrunkCache``).
 """
 
 from collections.abc import Sequence
@@ -17,8 +23,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.masking_utils import create_causal_mask
 
 Messages = Sequence[dict[str, str]]
+# Finish reasons of a response that ended before the policy closed its turn (Interaction.finish_reason).
+CUT_OFF = frozenset({"length", "abort"})
+_SENTINEL = "\x00reward-service-sentinel\x00"
+
+
+def is_cut_off(finish_reason: str) -> bool:
+    """Whether a response with this finish reason was cut off ("" and unknown reasons count as finished)."""
+    return finish_reason in CUT_OFF
 
 
 class ContextTooLong(ValueError):
@@ -41,17 +56,30 @@ class ChatEncoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_tokens: int):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        # What the template writes after an assistant turn's content (SmolLM2: "<|im_end|>\n").
+        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _SENTINEL}]
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+        self.turn_end = rendered[rendered.rindex(_SENTINEL) + len(_SENTINEL) :]
 
-    def encode(self, messages: Messages, response: str) -> list[int]:
-        """Token ids of the chat-templated conversation ``messages + [assistant: response]``."""
+    def encode(self, messages: Messages, response: str, finish_reason: str = "stop") -> list[int]:
+        """Token ids of the chat-templated conversation ``messages + [assistant: response]``.
+
+        A cut-off response (:func:`is_cut_off`) ends where its text ends, without the closing
+        ``turn_end`` the template would add.
+        """
         conversation = [*messages, {"role": "assistant", "content": response}]
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        if is_cut_off(finish_reason) and self.turn_end and text.endswith(self.turn_end):
+            text = text[: -len(self.turn_end)]
         # The template already writes every special token; the tokenizer must not add a BOS of its own.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode_all(self, items: Sequence[tuple[Messages, str]]) -> list[list[int]]:
-        """Encode each ``(messages, response)``; raises :class:`ContextTooLong` naming the first too long."""
-        encoded = [self.encode(messages, response) for messages, response in items]
+    def encode_all(
+        self, items: Sequence[tuple[Messages, str] | tuple[Messages, str, str]]
+    ) -> list[list[int]]:
+        """Encode each ``(messages, response[, finish_reason])``; raises :class:`ContextTooLong` naming the
+        first one that is too long."""
+        encoded = [self.encode(*item) for item in items]
         for index, ids in enumerate(encoded):
             if len(ids) > self.max_tokens:
                 raise ContextTooLong(index, len(ids), self.max_tokens)
@@ -98,17 +126,59 @@ class RewardModel(nn.Module):
         )
         return {name for name, _ in self.named_parameters() if name.startswith(prefixes)}
 
+    @property
+    def boundary(self) -> int:
+        """Index of the first trained decoder layer: layers below it form the frozen trunk."""
+        return self.backbone.config.num_hidden_layers - self.trainable_layers
+
+    def _run_layers(self, hidden: torch.Tensor, lengths: torch.Tensor, layers) -> torch.Tensor:
+        """Decoder ``layers`` over right-padded ``hidden`` (B, T, H), as ``LlamaModel.forward`` runs them:
+        causal mask with padding, rotary position embeddings of positions 0 … T-1. Returns (B, T, H)."""
+        width = hidden.shape[1]
+        positions = torch.arange(width)[None, :]  # (1, T)
+        attention_mask = (positions < lengths[:, None]).long()  # (B, T)
+        mask = create_causal_mask(
+            config=self.backbone.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=positions,
+        )
+        position_embeddings = self.backbone.rotary_emb(hidden, position_ids=positions)
+        for layer in layers:
+            hidden = layer(
+                hidden, attention_mask=mask, position_ids=positions, position_embeddings=position_embeddings
+            )
+        return hidden
+
+    @torch.no_grad()
+    def trunk(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The frozen part: embeddings and the decoder layers below :attr:`boundary`, without gradients.
+
+        ``input_ids``: (B, T) int64 right-padded; ``lengths``: (B,) int64. Returns (B, T, H) float32. A row's
+        first ``length`` positions depend on that row's tokens only (causal attention, padding after them),
+        so they can be cached per sequence and re-padded into any later batch.
+        """
+        hidden = self.backbone.embed_tokens(input_ids)
+        return self._run_layers(hidden, lengths, self.backbone.layers[: self.boundary])
+
+    def top(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The trained part on trunk outputs: top decoder layers, final norm, head at the last token.
+
+        ``hidden``: (B, T, H) float32 right-padded (what follows each row's length is ignored); ``lengths``:
+        (B,) int64, each in [1, T]. Returns (B,) float32, with gradients to the trained tensors.
+        """
+        hidden = self._run_layers(hidden, lengths, self.backbone.layers[self.boundary :])
+        last = hidden[torch.arange(hidden.shape[0]), lengths - 1]  # (B, H)
+        return self.head(self.backbone.norm(last)).squeeze(-1)  # (B,); RMSNorm is per position
+
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Rewards of right-padded sequences.
 
         ``input_ids``: (B, T) int64; ``lengths``: (B,) int64, each in [1, T].
         Returns (B,) float32: the head's output at position ``lengths - 1`` of each row.
         """
-        batch, width = input_ids.shape
-        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()  # (B, T)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        last = hidden.last_hidden_state[torch.arange(batch), lengths - 1]  # (B, H)
-        return self.head(last).squeeze(-1)  # (B,)
+        return self.top(self.trunk(input_ids, lengths), lengths)
 
     def overlay(self) -> dict[str, torch.Tensor]:
         """The trained tensors (name → tensor), i.e. what a checkpoint stores on top of the base model."""
@@ -149,7 +219,8 @@ def load_reward_model(base_model: Path, trainable_layers: int, overlay: Path | N
     Weights are float32 (exact on CPU; bf16 would double throughput but quantise rewards). The model is
     returned in eval mode (Llama has no dropout, so train and eval compute the same function).
     """
-    backbone = AutoModel.from_pretrained(str(base_model), dtype=torch.float32)
+    # SDPA explicitly: RewardModel runs the decoder layers itself and builds the mask for this backend.
+    backbone = AutoModel.from_pretrained(str(base_model), dtype=torch.float32, attn_implementation="sdpa")
     model = RewardModel(backbone, trainable_layers)
     if overlay is not None:
         model.load_overlay(overlay)

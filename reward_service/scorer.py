@@ -9,15 +9,25 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from reward_service.checkpoint import OVERLAY, CheckpointStore
+from reward_service.checkpoint import OVERLAY, CheckpointStore, HeldOut
 from reward_service.metrics import RewardMetrics
 from reward_service.model import ChatEncoder, Messages, load_reward_model, load_tokenizer
 from reward_service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Rewards of a batch, the reward-model version that gave them, and that version's held-out scores."""
+
+    rewards: list[float]
+    version: int
+    heldout: HeldOut | None
 
 
 class Scorer:
@@ -40,6 +50,7 @@ class Scorer:
             settings.base_model, state.trainable_layers, checkpoints.path(version) / OVERLAY
         )
         self.version = version
+        self.heldout = state.heldout
         self.metrics.model_version.set(version)
         self._lock = threading.Lock()
         self._checked_at = time.monotonic()
@@ -56,18 +67,20 @@ class Scorer:
         latest = self.checkpoints.latest()
         if latest is None or latest <= self.version:
             return self.version
+        heldout = self.checkpoints.state(latest).heldout
         with self._lock:
             self.model.load_overlay(self.checkpoints.path(latest) / OVERLAY)
-            self.version = latest
+            self.version, self.heldout = latest, heldout
         self.metrics.model_version.set(latest)
         log.info("scorer now serves reward-model version %d", latest)
         return latest
 
-    def score(self, items: Sequence[tuple[Messages, str]], source: str) -> tuple[list[float], int]:
-        """Rewards of ``items`` in order, and the version that gave them.
+    def score(self, items: Sequence[tuple[Messages, str] | tuple[Messages, str, str]], source: str) -> Scored:
+        """Rewards of ``items`` — ``(messages, response[, finish_reason])`` — in order, the version that gave
+        them and its held-out scores (from its checkpoint).
 
         Sequences are sorted by length into micro-batches of ``score_micro_batch`` so little compute goes to
-        padding. ``source`` labels the metrics ("http" or "stream"). Raises
+        padding. ``source`` labels the metrics ("http"; "bench" in the benchmark). Raises
         :class:`reward_service.model.ContextTooLong` before any compute when an item exceeds the context.
         """
         encoded = self.encoder.encode_all(items)
@@ -75,7 +88,7 @@ class Scorer:
         rewards = [0.0] * len(encoded)
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
-            version = self.version
+            version, heldout = self.version, self.heldout
             for start in range(0, len(order), self.settings.score_micro_batch):
                 chunk = order[start : start + self.settings.score_micro_batch]
                 input_ids, lengths = self.encoder.collate([encoded[i] for i in chunk])
@@ -84,4 +97,4 @@ class Scorer:
         self.metrics.scoring_latency.labels(source).observe(time.perf_counter() - started)
         for reward in rewards:
             self.metrics.score.labels(source).observe(reward)
-        return rewards, version
+        return Scored(rewards, version, heldout)

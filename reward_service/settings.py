@@ -33,13 +33,13 @@ class Settings(BaseSettings):
     port: int = Field(8001, description="TCP port to listen on")
     max_batch_size: int = Field(64, ge=1, description="most inputs one POST /v1/score may carry")
     max_context_tokens: int = Field(2048, ge=16, description="longest chat-templated prompt+response, tokens")
-    score_micro_batch: int = Field(8, ge=1, description="sequences per forward pass when scoring")
+    score_micro_batch: int = Field(8, ge=1, description="sequences per forward pass when scoring (HTTP)")
     reload_check_s: float = Field(
         1.0, ge=0, description="how often /v1/score looks for a newer checkpoint, s"
     )
 
     # Kafka consumption.
-    train: bool = Field(True, description="consume interactions+feedback, train, publish rewards")
+    train: bool = Field(True, description="consume interactions+feedback and train")
     group_id: str = Field("rlhf-reward", description="Kafka consumer group")
     poll_timeout_ms: int = Field(500, ge=1, description="longest wait of one poll, ms")
     poll_max_records: int = Field(256, ge=1, description="most records handled between two training steps")
@@ -50,18 +50,52 @@ class Settings(BaseSettings):
     )
     learning_rate: float = Field(2e-5, gt=0, description="AdamW step size of the trained decoder layers")
     head_learning_rate: float = Field(1e-3, gt=0, description="AdamW step size of the scalar head")
-    train_batch_size: int = Field(8, ge=1, description="votes per optimiser step")
+    train_batch_size: int = Field(
+        8,
+        ge=1,
+        description="most votes per optimiser step (every waiting vote up to this; with more waiting, the"
+        " next step follows at once). Larger steps cost the same CPU per vote but learn less per vote",
+    )
+    train_min_votes: int = Field(
+        8, ge=1, description="votes to wait for before a step, unless the oldest has waited train_max_wait_s"
+    )
+    train_max_wait_s: float = Field(
+        10.0, ge=0, description="longest a trainable vote waits (since it was cast) for a fuller step, s"
+    )
+    train_micro_batch_tokens: int = Field(
+        1024, ge=1, description="most padded tokens per forward/backward pass of a step (bounds memory)"
+    )
+    trunk_cache_mb: int = Field(
+        256, ge=0, description="memory for cached outputs of the frozen layers (held-out set, pairs), MiB"
+    )
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads of the service process (0: torch's default, one per core). 1"
+        " suits a machine shared with serving: less CPU per vote, no waits on descheduled peers (README.md)",
+    )
     pairwise_weight: float = Field(
         1.0, ge=0, description="weight of the Bradley–Terry loss vs the pointwise one"
     )
 
     # Held-out evaluation.
-    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="share of response ids never trained on")
+    heldout_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="share of prompts never trained on (0.2: the learner waits for ~10 held-out votes "
+        "before PPO; at the main job's ~15 votes a minute 0.1 took 10 minutes to get there)",
+    )
     heldout_eval_size: int = Field(128, ge=1, description="most recent held-out votes scored per checkpoint")
+    heldout_votes_per_response: int = Field(
+        3, ge=1, description="most votes of one response in the held-out evaluation set (one per user)"
+    )
 
     # Checkpoints.
     checkpoint_every_examples: int = Field(64, ge=1, description="votes trained between two checkpoints")
-    checkpoint_interval_s: float = Field(30.0, gt=0, description="longest time new progress stays unsaved, s")
+    checkpoint_interval_s: float = Field(
+        60.0, gt=0, description="longest time new progress stays unsaved (and unserved), s"
+    )
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints whose weights are kept on disk")
 
     # Join store.

@@ -13,6 +13,13 @@ A vote that replaces an earlier one (``replaces_feedback_id``: the same user cha
 earlier one *superseded*: it is never trained unless it already was, and the replacing vote is trained
 unless it only repeats an already-trained rating (nothing new to learn, and training it would count the
 same opinion twice).
+
+The held-out slice is chosen by *prompt* (``losses.is_heldout`` of the canonical prompt key), so it is a
+property of the interaction; a vote is held out when the response it rates is. The evaluation set
+(:meth:`JoinStore.heldout`) counts at most one vote per (user, response) and at most a few votes per
+response, so a response with hundreds of votes cannot decide the held-out score.
+
+Files written by an earlier version of this module are migrated in place when opened (:data:`MIGRATIONS`).
 """
 
 import json
@@ -30,19 +37,22 @@ CREATE TABLE IF NOT EXISTS interactions (
     response_id TEXT NOT NULL UNIQUE,
     prompt_key TEXT NOT NULL,               -- the prompt messages as canonical JSON: pairs share it
     response TEXT NOT NULL,
-    policy_version INTEGER NOT NULL
+    policy_version INTEGER NOT NULL,
+    heldout INTEGER NOT NULL DEFAULT 0,     -- its prompt is in the held-out slice: never trained on
+    finish_reason TEXT NOT NULL DEFAULT 'stop'  -- "stop", "length" (cut off by the token budget), ...
 );
 CREATE TABLE IF NOT EXISTS votes (
     id INTEGER PRIMARY KEY,                 -- arrival order
     feedback_id TEXT NOT NULL UNIQUE,
     response_id TEXT NOT NULL,
+    user_id TEXT NOT NULL DEFAULT '',       -- who voted ('' unknown): one vote per user and response counts
     up INTEGER NOT NULL,                    -- 1 thumbs up, 0 thumbs down
-    heldout INTEGER NOT NULL,               -- in the held-out slice: never trained on
     replaces TEXT NOT NULL,                 -- feedback id this vote replaces, '' if none
     superseded INTEGER NOT NULL DEFAULT 0,  -- a later vote replaced this one
     dropped INTEGER NOT NULL DEFAULT 0,     -- its interaction never came (unknown response id)
     trained_version INTEGER,                -- first checkpoint version containing it; NULL: not trained
-    arrived_at REAL NOT NULL                -- wall clock, s, for the join timeout
+    arrived_at REAL NOT NULL,               -- wall clock when stored here, s (join timeout)
+    voted_at REAL NOT NULL DEFAULT 0        -- when the user voted (Feedback.created_at), s; 0 unknown
 );
 CREATE INDEX IF NOT EXISTS votes_response ON votes (response_id);
 CREATE INDEX IF NOT EXISTS votes_replaces ON votes (replaces);
@@ -50,13 +60,22 @@ CREATE INDEX IF NOT EXISTS votes_trained ON votes (trained_version);
 CREATE INDEX IF NOT EXISTS interactions_prompt ON interactions (prompt_key);
 """
 
-# A vote can be trained when it is joined, outside the held-out slice, not superseded, not yet trained,
-# and does not merely repeat the rating of an already-trained vote it replaces.
+# (table, column, definition) added since the first schema; a file that lacks one gets it on open.
+MIGRATIONS = (
+    ("interactions", "heldout", "INTEGER NOT NULL DEFAULT 0"),  # then filled from the prompt key
+    ("interactions", "finish_reason", "TEXT NOT NULL DEFAULT 'stop'"),  # earlier rows: as encoded then
+    ("votes", "user_id", "TEXT NOT NULL DEFAULT ''"),
+    ("votes", "voted_at", "REAL NOT NULL DEFAULT 0"),
+)
+
+# A vote can be trained when it is joined (``i`` is its interaction), outside the held-out slice, not
+# superseded, not yet trained, and does not merely repeat the rating of an already-trained vote it replaces.
 TRAINABLE = """
-    v.trained_version IS NULL AND v.heldout = 0 AND v.superseded = 0 AND v.dropped = 0
+    v.trained_version IS NULL AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0
     AND NOT EXISTS (SELECT 1 FROM votes o WHERE o.feedback_id = v.replaces
                     AND o.trained_version IS NOT NULL AND o.up = v.up)
 """
+EXAMPLE_COLUMNS = "v.feedback_id, v.response_id, i.prompt_key, i.response, v.up, i.finish_reason"
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,7 @@ class Example:
     messages: list[dict[str, str]]
     response: str
     up: bool
+    finish_reason: str = "stop"  # "length": the response was cut off (encoded without its end of turn)
 
 
 @dataclass(frozen=True)
@@ -82,9 +102,26 @@ class InvalidEvent(ValueError):
     """An event that parsed but lacks what the join needs (ids, messages, a rating)."""
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Votes ready to train and not trained yet: how many, and when the oldest was cast (wall clock, s)."""
+
+    votes: int
+    oldest_at: float | None
+
+    def lag(self, now: float) -> float:
+        """Age of the oldest waiting vote at ``now`` (wall clock, s); 0 when none waits."""
+        return 0.0 if self.oldest_at is None else max(0.0, now - self.oldest_at)
+
+
 def prompt_key(interaction: Interaction) -> str:
     """Canonical JSON of the prompt messages: equal exactly when two responses answer the same prompt."""
     return json.dumps([[m.role, m.content] for m in interaction.prompt_messages], ensure_ascii=False)
+
+
+def _seconds(timestamp) -> float:
+    """A protobuf Timestamp as Unix seconds (0 when unset)."""
+    return timestamp.seconds + timestamp.nanos / 1e9
 
 
 class JoinStore:
@@ -99,6 +136,33 @@ class JoinStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.heldout_fraction = heldout_fraction
+        self._migrate()
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate(self) -> None:
+        """Bring a file written by an earlier schema up to date, in one transaction.
+
+        Adds the columns of :data:`MIGRATIONS`; fills ``interactions.heldout`` from the prompt (the split used
+        to be by response id, stored in ``votes.heldout``, which is dropped). Votes trained under the old
+        split on prompts that are now held out are kept out of the evaluation set (see :meth:`heldout`).
+        """
+        self.db.execute("BEGIN")  # DDL too: a crash half-way leaves the file as it was
+        added = []
+        for table, column, definition in MIGRATIONS:
+            if column not in self._columns(table):
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                added.append((table, column))
+        if ("interactions", "heldout") in added:
+            keys = [r[0] for r in self.db.execute("SELECT DISTINCT prompt_key FROM interactions")]
+            self.db.executemany(
+                "UPDATE interactions SET heldout = 1 WHERE prompt_key = ?",
+                [(k,) for k in keys if is_heldout(k, self.heldout_fraction)],
+            )
+        if "heldout" in self._columns("votes"):
+            self.db.execute("ALTER TABLE votes DROP COLUMN heldout")
+        self.db.commit()
 
     def close(self) -> None:
         """Close the connection (uncommitted writes are rolled back)."""
@@ -112,10 +176,18 @@ class JoinStore:
         """Store an interaction; returns False when it was already there. Raises :class:`InvalidEvent`."""
         if not event.response_id or not event.prompt_messages:
             raise InvalidEvent("interaction without response_id or prompt_messages")
+        key = prompt_key(event)
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO interactions (response_id, prompt_key, response, policy_version)"
-            " VALUES (?,?,?,?)",
-            (event.response_id, prompt_key(event), event.response_text, event.policy_version),
+            "INSERT OR IGNORE INTO interactions (response_id, prompt_key, response, policy_version,"
+            " heldout, finish_reason) VALUES (?,?,?,?,?,?)",
+            (
+                event.response_id,
+                key,
+                event.response_text,
+                event.policy_version,
+                int(is_heldout(key, self.heldout_fraction)),
+                event.finish_reason or "stop",
+            ),
         )
         return cur.rowcount == 1
 
@@ -129,15 +201,16 @@ class JoinStore:
         if event.rating not in (Rating.RATING_UP, Rating.RATING_DOWN):
             raise InvalidEvent(f"feedback {event.feedback_id} has no up/down rating ({event.rating})")
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO votes (feedback_id, response_id, up, heldout, replaces, arrived_at,"
-            " superseded) VALUES (?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?))",
+            "INSERT OR IGNORE INTO votes (feedback_id, response_id, user_id, up, replaces, arrived_at,"
+            " voted_at, superseded) VALUES (?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?))",
             (
                 event.feedback_id,
                 event.response_id,
+                event.user_id,
                 int(event.rating == Rating.RATING_UP),
-                int(is_heldout(event.response_id, self.heldout_fraction)),
                 event.replaces_feedback_id,
                 time.time(),
+                _seconds(event.created_at),
                 event.feedback_id,  # a replacement that overtook the vote it replaces
             ),
         )
@@ -148,28 +221,37 @@ class JoinStore:
         return cur.rowcount == 1
 
     def _example(self, row) -> Example:
-        feedback_id, response_id, key, response, up = row
+        feedback_id, response_id, key, response, up, finish_reason = row
         messages = [{"role": role, "content": content} for role, content in json.loads(key)]
-        return Example(feedback_id, response_id, messages, response, bool(up))
+        return Example(feedback_id, response_id, messages, response, bool(up), finish_reason)
 
     def trainable(self, limit: int) -> list[Example]:
         """Up to ``limit`` votes to train on next, oldest first."""
         rows = self.db.execute(
-            "SELECT v.feedback_id, v.response_id, i.prompt_key, i.response, v.up FROM votes v"
+            f"SELECT {EXAMPLE_COLUMNS} FROM votes v"
             f" JOIN interactions i ON i.response_id = v.response_id WHERE {TRAINABLE} ORDER BY v.id LIMIT ?",
             (limit,),
         ).fetchall()
         return [self._example(r) for r in rows]
+
+    def backlog(self) -> Backlog:
+        """The votes :meth:`trainable` would return, all of them: their count, and when the oldest was cast
+        (``Feedback.created_at``; when the event lacks it, when it was stored here)."""
+        count, oldest = self.db.execute(
+            "SELECT COUNT(*), MIN(CASE WHEN v.voted_at > 0 THEN v.voted_at ELSE v.arrived_at END)"
+            f" FROM votes v JOIN interactions i ON i.response_id = v.response_id WHERE {TRAINABLE}"
+        ).fetchone()
+        return Backlog(count, oldest)
 
     def partner(self, example: Example) -> Pair | None:
         """A pair for ``example``: the latest earlier usable vote with the opposite rating on another
         response to the same prompt (None when the prompt has none). Each vote forms at most one pair, so
         no pair is ever trained twice."""
         row = self.db.execute(
-            "SELECT v.feedback_id, v.response_id, i.prompt_key, i.response, v.up FROM votes v"
+            f"SELECT {EXAMPLE_COLUMNS} FROM votes v"
             " JOIN interactions i ON i.response_id = v.response_id"
             " WHERE i.prompt_key = (SELECT prompt_key FROM interactions WHERE response_id = ?)"
-            " AND v.response_id != ? AND v.up != ? AND v.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
+            " AND v.response_id != ? AND v.up != ? AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
             " AND v.id < (SELECT id FROM votes WHERE feedback_id = ?) ORDER BY v.id DESC LIMIT 1",
             (example.response_id, example.response_id, int(example.up), example.feedback_id),
         ).fetchone()
@@ -200,13 +282,34 @@ class JoinStore:
         self.db.commit()
         return cur.rowcount
 
-    def heldout(self, limit: int) -> list[Example]:
-        """The ``limit`` most recent usable held-out votes (joined, not superseded)."""
+    def heldout(self, limit: int, per_response: int) -> list[Example]:
+        """The evaluation set: the ``limit`` most recent held-out votes, counting per response only the
+        latest vote of each user and, of those, the ``per_response`` latest.
+
+        Usable votes are joined, not superseded, not dropped, and on a prompt that was never trained on (a
+        file migrated from the response-level split may hold trained votes on prompts now held out). Votes
+        without a user id count as one user. Newest first.
+        """
         rows = self.db.execute(
-            "SELECT v.feedback_id, v.response_id, i.prompt_key, i.response, v.up FROM votes v"
-            " JOIN interactions i ON i.response_id = v.response_id"
-            " WHERE v.heldout = 1 AND v.superseded = 0 AND v.dropped = 0 ORDER BY v.id DESC LIMIT ?",
-            (limit,),
+            f"""
+            WITH usable AS (
+                SELECT v.id, v.user_id, {EXAMPLE_COLUMNS} FROM votes v
+                JOIN interactions i ON i.response_id = v.response_id
+                WHERE i.heldout = 1 AND v.superseded = 0 AND v.dropped = 0
+                AND NOT EXISTS (SELECT 1 FROM interactions j JOIN votes t ON t.response_id = j.response_id
+                                WHERE j.prompt_key = i.prompt_key AND t.trained_version IS NOT NULL)
+            ), latest_per_user AS (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY response_id, user_id ORDER BY id DESC)
+                    AS nth_of_user
+                FROM usable
+            ), capped AS (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY response_id ORDER BY id DESC) AS nth_of_response
+                FROM latest_per_user WHERE nth_of_user = 1
+            )
+            SELECT feedback_id, response_id, prompt_key, response, up, finish_reason FROM capped
+            WHERE nth_of_response <= ? ORDER BY id DESC LIMIT ?
+            """,
+            (per_response, limit),
         ).fetchall()
         return [self._example(r) for r in rows]
 
@@ -250,7 +353,7 @@ class JoinStore:
             "DELETE FROM interactions"
             " WHERE id IN (SELECT id FROM interactions ORDER BY id DESC LIMIT -1 OFFSET ?)"
             " AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.response_id = interactions.response_id"
-            " AND v.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
+            " AND interactions.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
             " AND (v.trained_version IS NULL OR v.trained_version > ?))",
             (keep, version),
         )

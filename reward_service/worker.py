@@ -1,37 +1,39 @@
-"""The online loop: consume interactions and votes, publish a reward per response, train, checkpoint.
+"""The online loop: consume interactions and votes, train, checkpoint.
 
 One thread runs, in order, forever:
 1. poll a batch of records from the interactions and feedback topics;
 2. store each in the join store (malformed ones are logged, counted and skipped);
-3. score every new interaction with the serving scorer and publish a Reward event for it;
-4. train one step on the oldest trainable votes (and the pairs they complete);
-5. when enough votes were trained, or enough time passed, checkpoint: flush the producer, evaluate on the
-   held-out slice, save weights + optimizer + offsets as a new version, *then* commit the offsets.
+3. when at least ``train_min_votes`` votes wait, or the oldest has waited ``train_max_wait_s``, train one
+   step on the waiting votes (oldest first, up to ``train_batch_size``) and the pairs they complete; while
+   more wait, the next turn's poll does not wait for records, so steps follow each other at once;
+4. when enough votes were trained, or enough time passed, checkpoint: evaluate on the held-out set, save
+   weights + optimizer + offsets as a new version, *then* commit the offsets.
+
+Rewards are given in one place only, ``POST /v1/score``, by the newest saved version when asked (the
+learner asks at training time): nothing is scored on arrival.
 
 Because offsets are committed only after the checkpoint that contains their effects, and a restart
 resumes from the checkpoint's own offsets (rolling the join store's training marks back to it), a crash
-at any point loses no vote and trains none twice; Reward events are at-least-once (keyed by response id,
-so consumers deduplicate).
+at any point loses no vote and trains none twice.
 """
 
 import logging
 import threading
 import time
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_fixed
 
 from proto import topics, wire
-from proto.events_pb2 import Reward
 from proto.topics import KafkaSettings, ensure_topics
-from reward_service.checkpoint import OVERLAY, CheckpointStore, HeldOut, new_state
-from reward_service.metrics import RewardMetrics
+from reward_service.checkpoint import OVERLAY, CheckpointStore, new_state
+from reward_service.metrics import RewardMetrics, cpu_clock
 from reward_service.model import load_reward_model
 from reward_service.scorer import Scorer
 from reward_service.settings import Settings
-from reward_service.store import InvalidEvent, JoinStore
+from reward_service.store import Backlog, InvalidEvent, JoinStore
 from reward_service.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,11 @@ class StreamWorker(threading.Thread):
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
         self._stopping = threading.Event()
+        self._evaluate_cpu = 0.0
+        self._backlog = Backlog(0, None)
+        # Read at scrape time, so the lag grows in real time while a long step or evaluation runs.
+        metrics.vote_lag.set_function(lambda: self._backlog.lag(time.time()))
 
     def stop(self, timeout_s: float = 120.0) -> None:
         """Ask the loop to finish its step, save a last checkpoint and close; wait for it."""
@@ -114,6 +119,8 @@ class StreamWorker(threading.Thread):
             s.pairwise_weight,
             up_trained=self.state.up_trained,
             down_trained=self.state.down_trained,
+            micro_batch_tokens=s.train_micro_batch_tokens,
+            trunk_cache_bytes=s.trunk_cache_mb << 20,
         )
         optimizer_state = self.checkpoints.load_optimizer_state(self.version)
         if optimizer_state is not None:
@@ -122,6 +129,7 @@ class StreamWorker(threading.Thread):
         self.unsaved_pairs = 0
         self.saved_at = time.monotonic()
         self._publish_state_metrics()
+        self._update_backlog()
 
     def _connect(self) -> None:
         """Create topics if missing, then assign every partition of both topics and seek to the checkpoint.
@@ -138,13 +146,6 @@ class StreamWorker(threading.Thread):
                     client_id="rlhf-reward",
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
-                )
-                self.producer = KafkaProducer(
-                    bootstrap_servers=self.kafka.bootstrap_servers,
-                    client_id="rlhf-reward",
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=5,
                 )
         partitions = []
         for name in CONSUMED:
@@ -178,37 +179,46 @@ class StreamWorker(threading.Thread):
             self._checkpoint()
         finally:
             self.ready.clear()
-            if self.producer is not None:
-                self.producer.close()
             if self.consumer is not None:
                 self.consumer.close(autocommit=False)
             self.store.close()
 
     def _step(self) -> None:
-        """One turn of the loop (steps 1–5 of the module docstring)."""
+        """One turn of the loop (steps 1–4 of the module docstring)."""
         s = self.settings
-        polled = self.consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.poll_max_records)
-        interactions = []
-        for tp, records in polled.items():
-            name = self.short_names[tp.topic]
-            self.metrics.events.labels(name).inc(len(records))
-            for record in records:
-                event = self._store(name, record)
-                if event is not None and name == topics.INTERACTIONS:
-                    interactions.append(event)
-        self.store.commit()
-        if interactions:
-            self._publish_rewards(interactions)
-        # Time out unjoined votes only when caught up on both topics: while a backlog is being read, their
-        # interactions may still be in it (after a long outage every vote would look late).
-        expired, evicted = self.store.drop_unjoined(None if polled else s.join_timeout_s, s.max_pending_votes)
-        self.metrics.unknown_response_ids.labels("expired").inc(expired)
-        self.metrics.unknown_response_ids.labels("evicted").inc(evicted)
-        self.metrics.pending_joins.set(self.store.pending())
-        self._train()
+        # The poll's wait for records is idle time, not CPU: counting it under ingest costs nothing. No wait
+        # while votes are ready to train (a backlog in the store, e.g. after a restart).
+        wait_ms = 0 if self._backlog.votes >= s.train_min_votes else s.poll_timeout_ms
+        with self.metrics.cpu_stage("ingest"):
+            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=s.poll_max_records)
+            for tp, records in polled.items():
+                name = self.short_names[tp.topic]
+                self.metrics.events.labels(name).inc(len(records))
+                for record in records:
+                    self._store(name, record)
+            self.store.commit()
+            # Time out unjoined votes only when caught up on both topics: while a backlog is being read,
+            # their interactions may still be in it (after a long outage every vote would look late).
+            expired, evicted = self.store.drop_unjoined(
+                None if polled else s.join_timeout_s, s.max_pending_votes
+            )
+            self.metrics.unknown_response_ids.labels("expired").inc(expired)
+            self.metrics.unknown_response_ids.labels("evicted").inc(evicted)
+            self.metrics.pending_joins.set(self.store.pending())
+            backlog = self._update_backlog()
+        if backlog.votes >= s.train_min_votes or backlog.lag(time.time()) >= s.train_max_wait_s:
+            with self.metrics.cpu_stage("train"):
+                self._train()
+            self._update_backlog()
         waited = time.monotonic() - self.saved_at
         if self.unsaved_votes >= s.checkpoint_every_examples or waited >= s.checkpoint_interval_s:
             self._checkpoint()
+
+    def _update_backlog(self) -> Backlog:
+        """Re-read the votes waiting to be trained (the lag and untrained-votes gauges)."""
+        self._backlog = self.store.backlog()
+        self.metrics.votes_untrained.set(self._backlog.votes)
+        return self._backlog
 
     def _store(self, name: str, record):
         """Decode and store one record; returns the event, or None when it was malformed (and skipped)."""
@@ -230,10 +240,10 @@ class StreamWorker(threading.Thread):
             return None
 
     def _fits(self, event) -> bool:
-        """Whether the interaction fits the context; one that does not is counted and neither scored nor
-        trained (its votes then count as unknown response ids once they time out)."""
+        """Whether the interaction fits the context; one that does not is counted and not trained (its
+        votes then count as unknown response ids once they time out)."""
         messages = [{"role": m.role, "content": m.content} for m in event.prompt_messages]
-        tokens = len(self.scorer.encoder.encode(messages, event.response_text))
+        tokens = len(self.scorer.encoder.encode(messages, event.response_text, event.finish_reason))
         if tokens <= self.settings.max_context_tokens:
             return True
         self.metrics.too_long.inc()
@@ -245,28 +255,9 @@ class StreamWorker(threading.Thread):
         )
         return False
 
-    def _publish_rewards(self, interactions) -> None:
-        """Score the interactions with the serving scorer and send one Reward event each."""
-        self.scorer.refresh()
-        items = [
-            ([{"role": m.role, "content": m.content} for m in e.prompt_messages], e.response_text)
-            for e in interactions
-        ]
-        rewards, version = self.scorer.score(items, source="stream")
-        topic = self.kafka.topic(topics.REWARDS)
-        for event, reward in zip(interactions, rewards, strict=True):
-            message = Reward(
-                response_id=event.response_id,
-                created_at=wire.now(),
-                policy_version=event.policy_version,
-                score=reward,
-                reward_model_version=version,
-            )
-            self.producer.send(topic, key=wire.key_of(message), value=wire.encode(message))
-        self.metrics.rewards_published.inc(len(interactions))
-
     def _train(self) -> None:
-        """One optimiser step on the oldest trainable votes, marked as part of the next version."""
+        """One optimiser step on the waiting votes (oldest first, up to ``train_batch_size``), marked as
+        part of the next version."""
         votes = self.store.trainable(self.settings.train_batch_size)
         if not votes:
             return
@@ -291,18 +282,30 @@ class StreamWorker(threading.Thread):
         return offsets
 
     def _checkpoint(self) -> None:
-        """Save progress, then commit offsets. Saves a new version only when votes were trained; otherwise
-        records the further offsets on the current version (same weights)."""
+        """:meth:`_save`, with its CPU time counted: the held-out evaluation as stage ``evaluate``, the rest
+        (offsets, save, prune, reload of the scorer, commit) as ``checkpoint``."""
+        clock = cpu_clock()
+        started = clock()
+        self._evaluate_cpu = 0.0
+        try:
+            self._save()
+        finally:
+            spent = clock() - started - self._evaluate_cpu
+            self.metrics.stage_cpu.labels("checkpoint").inc(max(0.0, spent))
+
+    def _save(self) -> None:
+        """Save progress, then commit offsets. Saves a new version, evaluated on the held-out set, only when
+        votes were trained; otherwise records the further offsets on the current version (same weights)."""
         started = time.perf_counter()
         s = self.settings
-        self.producer.flush()  # every Reward for the interactions below these offsets is delivered
         offsets = self._offsets()
         if self.unsaved_votes:
-            heldout = self.store.heldout(s.heldout_eval_size)
-            score = None
-            if heldout:
-                accuracy, auc = self.trainer.evaluate(heldout, s.score_micro_batch)
-                score = HeldOut(votes=len(heldout), accuracy=accuracy, auc=auc)
+            clock = cpu_clock()
+            evaluating = clock()
+            with self.metrics.cpu_stage("evaluate"):
+                heldout = self.store.heldout(s.heldout_eval_size, s.heldout_votes_per_response)
+                score = self.trainer.evaluate(heldout) if heldout else None
+            self._evaluate_cpu = clock() - evaluating
             up = self.trainer.up_trained
             down = self.trainer.down_trained
             state = new_state(
@@ -354,8 +357,12 @@ class StreamWorker(threading.Thread):
     def _publish_state_metrics(self) -> None:
         self.metrics.examples_seen.labels("pointwise").set(self.state.votes_trained)
         self.metrics.examples_seen.labels("pairwise").set(self.state.pairs_trained)
-        if self.state.heldout is not None:
-            self.metrics.heldout_votes.set(self.state.heldout.votes)
-            self.metrics.heldout_accuracy.set(self.state.heldout.accuracy)
-            if self.state.heldout.auc is not None:
-                self.metrics.heldout_auc.set(self.state.heldout.auc)
+        # The scores of this very version: NaN (not measured) rather than a previous version's numbers.
+        heldout = self.state.heldout
+        nan = float("nan")
+        self.metrics.heldout_votes.set(0 if heldout is None else heldout.votes)
+        self.metrics.heldout_accuracy.set(nan if heldout is None else heldout.accuracy)
+        self.metrics.heldout_auc.set(nan if heldout is None or heldout.auc is None else heldout.auc)
+        self.metrics.heldout_balanced_accuracy.set(
+            nan if heldout is None or heldout.balanced_accuracy is None else heldout.balanced_accuracy
+        )

@@ -17,9 +17,11 @@ def test_votes_lead_to_a_promoted_version_served_in_place(kafka_settings, tmp_pa
         "--max-tokens", "48", "--batch-size", "4", "--progress-every", "30", "--no-prometheus",
         "--serving-port", str(free_port()), "--reward-port", str(free_port()), "--learner-port", str(free_port()),
         "--work-dir", str(work),
-        # Small, sure steps: this test is about the plumbing (votes → reward → PPO → gates → swap), not
-        # about how fast the policy improves (that is bench/loop).
-        "--learner-arg=--learning-rate=1e-6", "--learner-arg=--ppo-epochs=1",
+        # This test is about the plumbing (votes → reward → PPO → gates → swap), not about how fast the
+        # policy improves (that is bench/loop): PPO from the first votes on, steps large enough to change
+        # the greedy answers (an unchanged candidate is not published) within a KL budget they cannot break.
+        "--learner-arg=--min-reward-accuracy=0", "--learner-arg=--publish-every=1",
+        "--learner-arg=--learning-rate=1e-4", "--learner-arg=--kl-budget=1000", "--learner-arg=--ppo-epochs=2",
     ]
     env = {**os.environ, **kafka_env(kafka_settings)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)

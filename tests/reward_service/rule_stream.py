@@ -1,8 +1,9 @@
 """A synthetic stream of chat interactions and thumbs votes that follow a known rule.
 
 The rule: a response is liked exactly when it is short (at most two sentences) and ends cleanly (with a
-full stop); long answers and answers cut off mid-sentence are disliked. Each prompt gets two responses,
-so the stream also holds liked/disliked pairs for the Bradley–Terry loss.
+full stop); long answers and answers cut off mid-sentence are disliked. A cut-off answer has
+``finish_reason`` "length" (the token budget ran out), every other one "stop". Each prompt gets two
+responses, so the stream also holds liked/disliked pairs for the Bradley–Terry loss.
 """
 
 import random
@@ -56,22 +57,24 @@ class Turn:
     liked: bool
 
 
-def make_response(rng: random.Random, liked: bool) -> str:
-    """A response that the rule likes (short, clean ending) or dislikes (long and/or cut off)."""
+def make_response(rng: random.Random, liked: bool) -> tuple[str, str]:
+    """A response that the rule likes (short, clean ending) or dislikes (long and/or cut off), and its
+    finish reason ("length" when cut off)."""
     if liked:
-        return " ".join(rng.sample(SENTENCES, rng.randint(1, 2)))
+        return " ".join(rng.sample(SENTENCES, rng.randint(1, 2))), "stop"
     kind = rng.choice(["long", "cut", "long_cut"])
     n = rng.randint(1, 2) if kind == "cut" else rng.randint(4, 6)
     text = " ".join(rng.sample(SENTENCES, n))
-    if kind != "long":
-        words = text.rstrip(".").split()
-        text = " ".join(words[: max(2, len(words) - rng.randint(1, 4))])
-    return text
+    if kind == "long":
+        return text, "stop"
+    words = text.rstrip(".").split()
+    return " ".join(words[: max(2, len(words) - rng.randint(1, 4))]), "length"
 
 
 def make_turn(rng: random.Random, prompt: str, liked: bool, user: str = "user-1") -> Turn:
     """An Interaction for ``prompt`` and the Feedback the rule gives it."""
     response_id = f"resp-{uuid.UUID(int=rng.getrandbits(128)).hex}"
+    text, finish_reason = make_response(rng, liked)
     interaction = Interaction(
         response_id=response_id,
         created_at=wire.now(),
@@ -79,8 +82,8 @@ def make_turn(rng: random.Random, prompt: str, liked: bool, user: str = "user-1"
         model="smollm2",
         policy_version=1,
         prompt_messages=[ChatMessage(role="user", content=prompt)],
-        response_text=make_response(rng, liked),
-        finish_reason="stop" if liked else "length",
+        response_text=text,
+        finish_reason=finish_reason,
     )
     feedback = Feedback(
         feedback_id=f"fb-{uuid.UUID(int=rng.getrandbits(128)).hex}",

@@ -1,11 +1,14 @@
 """The HTTP API in-process (real model, real broker): scores, the error envelope, health and metrics."""
 
+import threading
 import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from reward_service.api import build_app
+from reward_service.metrics import RewardMetrics
 from reward_service.settings import Settings
 from tests.reward_service.conftest import fresh_topics
 
@@ -42,8 +45,22 @@ def test_score_returns_one_reward_per_input_and_the_version(client):
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["reward_model_version"] == 0
-    # Version 0 is the SFT backbone with a zero head: no opinion yet.
+    # Version 0 is the SFT backbone with a zero head: no opinion yet, and never evaluated.
     assert body["rewards"] == [0.0, 0.0, 0.0]
+    assert body["heldout_balanced_accuracy"] is None and body["heldout_votes"] == 0
+
+
+def test_finish_reason_is_optional_and_defaults_to_stop(client):
+    inputs = [
+        {"messages": MESSAGES, "response": "Paris"},
+        {"messages": MESSAGES, "response": "Paris", "finish_reason": "stop"},
+        {"messages": MESSAGES, "response": "Paris", "finish_reason": "length"},
+    ]
+    reply = client.post("/v1/score", json={"inputs": inputs})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["rewards"]) == 3
+    error = error_of(client.post("/v1/score", json={"inputs": [{**inputs[0], "finish_reason": 3}]}), 422)
+    assert error["param"] == "inputs[0].finish_reason"
 
 
 @pytest.mark.parametrize(
@@ -100,9 +117,46 @@ def test_health_readiness_and_metrics(client):
         "rlhf_reward_model_version 0.0",
         "rlhf_reward_pending_joins",
         "rlhf_reward_heldout_accuracy",
+        "rlhf_reward_heldout_balanced_accuracy",
         "rlhf_reward_heldout_auc",
+        "rlhf_reward_vote_lag_seconds",
+        "rlhf_reward_votes_untrained",
+        'rlhf_reward_stage_cpu_seconds_total{stage="score"}',
+        'rlhf_reward_stage_cpu_seconds_total{stage="ingest"}',
         "rlhf_reward_training_examples_seen",
         "rlhf_reward_malformed_events_total",
         "rlhf_reward_unknown_response_ids_total",
     ):
         assert name in text, name
+
+
+def test_a_stage_is_not_charged_for_cpu_burnt_by_other_threads():
+    """With one torch thread (the service's default) a stage counts its own thread's CPU: scoring in an
+    HTTP thread beside the stream worker is not charged to the worker's stage, nor the other way round."""
+    metrics = RewardMetrics()
+    threads = torch.get_num_threads()
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    neighbour = threading.Thread(target=burn)
+    try:
+        torch.set_num_threads(1)
+        neighbour.start()
+        with metrics.cpu_stage("ingest"):
+            time.sleep(0.5)  # waits (like a poll) while the neighbour burns CPU
+        with metrics.cpu_stage("train"):
+            deadline = time.thread_time() + 0.2
+            while time.thread_time() < deadline:
+                pass
+    finally:
+        stop.set()
+        neighbour.join()
+        torch.set_num_threads(threads)
+    seconds = metrics.registry.get_sample_value
+    ingest = seconds("rlhf_reward_stage_cpu_seconds_total", {"stage": "ingest"})
+    train = seconds("rlhf_reward_stage_cpu_seconds_total", {"stage": "train"})
+    assert ingest < 0.05, ingest
+    assert 0.2 <= train < 0.3, train

@@ -1,5 +1,6 @@
-"""The reward model on the real bundled SFT model: chat template, masks from lengths, last-token head,
-overlays, and the direction of a training step."""
+"""The reward model on the real bundled SFT model: chat template (a cut-off response without its end of
+turn), masks from lengths, last-token head, the trunk/top split and its cache, overlays, micro-batched
+steps equal to one-pass steps, and the direction of a training step."""
 
 import pytest
 import torch
@@ -42,6 +43,23 @@ def test_encode_uses_the_chat_template_with_the_response_as_assistant_turn(encod
     assert ids.count(encoder.tokenizer.bos_token_id) == text.count("<|im_start|>")  # no extra BOS added
 
 
+def test_a_cut_off_response_is_encoded_without_the_end_of_turn(encoder):
+    end_of_turn = encoder.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    finished = encoder.encode(MESSAGES, "The capital of France is Paris.", "stop")
+    cut = encoder.encode(MESSAGES, "The capital of France is", "length")
+    assert encoder.turn_end == "<|im_end|>\n"
+    assert encoder.tokenizer.decode(finished).endswith("is Paris.<|im_end|>\n")
+    assert encoder.tokenizer.decode(cut).endswith("<|im_start|>assistant\nThe capital of France is")
+    assert finished[-2] == end_of_turn and cut[-1] != end_of_turn
+    # The same text: one token sequence is the other plus the closing "<|im_end|>\n" (2 tokens).
+    same_text = encoder.encode(MESSAGES, "The capital of France is", "stop")
+    assert same_text[: len(cut)] == cut and len(same_text) == len(cut) + 2
+    assert encoder.encode(MESSAGES, "Paris", "abort") == encoder.encode(MESSAGES, "Paris", "length")
+    assert encoder.encode(MESSAGES, "Paris", "") == encoder.encode(MESSAGES, "Paris")  # unset: finished
+    (encoded,) = encoder.encode_all([(MESSAGES, "Paris", "length")])
+    assert encoded == encoder.encode(MESSAGES, "Paris", "length")
+
+
 def test_padding_does_not_change_rewards(probe, encoder):
     """Masks come from lengths: the pad id (2) is also <|im_end|>, which occurs inside every sequence."""
     short = (MESSAGES, "Paris.")
@@ -61,6 +79,23 @@ def test_reward_is_read_at_the_last_token(probe, encoder):
         hidden = probe.backbone(input_ids=input_ids).last_hidden_state  # (1, T, H)
         expected = probe.head(hidden[0, -1]).squeeze()
         assert probe(input_ids, lengths).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_trunk_then_top_is_the_forward_pass_whatever_the_padding(probe, encoder):
+    """The frozen trunk's output of a sequence, cut to its length and re-padded into another batch, gives
+    the same reward through the top layers: what makes caching it per sequence exact."""
+    short = encoder.encode(MESSAGES, "Paris.")
+    long = encoder.encode(MESSAGES, "The capital of France is Paris, a city on the Seine known for food.")
+    ids, lengths = encoder.collate([short, long])
+    with torch.inference_mode():
+        full = probe(ids, lengths)
+        hidden = probe.trunk(ids, lengths)  # (2, T, H)
+        alone = probe.top(hidden[:1, : len(short)], lengths[:1])
+        garbage = torch.cat([hidden[:1, : len(short)], torch.randn(1, 7, hidden.shape[2])], dim=1)
+        padded = probe.top(garbage, lengths[:1])  # whatever follows the length is ignored
+    torch.testing.assert_close(alone, full[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded, full[:1], atol=1e-5, rtol=1e-5)
+    assert probe.boundary == probe.backbone.config.num_hidden_layers - 4
 
 
 def test_only_the_top_layers_norm_and_head_train(reward_model):
@@ -88,7 +123,7 @@ def test_overlay_round_trip_and_mismatch(probe, encoder, model_dir, tmp_path):
 def test_context_limit_names_the_input(encoder):
     small = ChatEncoder(encoder.tokenizer, max_tokens=60)
     with pytest.raises(ContextTooLong) as err:
-        small.encode_all([(MESSAGES, "Paris."), (MESSAGES, "word " * 50)])
+        small.encode_all([(MESSAGES, "Paris."), (MESSAGES, "word " * 50, "length")])
     assert err.value.index == 1 and err.value.tokens > 60
 
 
@@ -100,7 +135,7 @@ def test_training_steps_move_rewards_toward_the_votes(model_dir, encoder):
     for _ in range(3):
         result = trainer.step([good, bad], [Pair(good, bad)])
     assert result.votes == 2 and result.pairs == 1
-    r_good, r_bad = trainer.score([good, bad], micro_batch=2).tolist()
+    r_good, r_bad = trainer.score([good, bad]).tolist()
     assert r_good > 0 > r_bad
     assert result.pointwise_loss < 0.69  # below log 2, the loss of the zero head it started from
 
@@ -112,3 +147,36 @@ def test_training_steps_move_rewards_toward_the_votes(model_dir, encoder):
     torch.testing.assert_close(
         resumed.optimizer.state[head]["exp_avg"], trainer.optimizer.state[head]["exp_avg"]
     )
+
+
+def test_a_micro_batched_step_equals_a_one_pass_step(model_dir, encoder):
+    """Votes, pairs and a response shared by two votes, trained in micro-batches of one sequence (the two
+    responses of each pair kept together) or in one pass: the same losses and the same weights after."""
+    texts = ["Paris.", "Berlin, I think", "It is Paris, the largest city of France.", "Lyon", "Paris!"]
+    votes = [Example(f"f{i}", f"r{i}", MESSAGES, t, up=i % 2 == 0) for i, t in enumerate(texts)]
+    votes.append(Example("f-again", "r0", MESSAGES, "Paris.", up=True))  # another user, same response
+    cut = Example("f-cut", "r-cut", MESSAGES, "The capital is", up=False, finish_reason="length")
+    votes.append(cut)
+    pairs = [Pair(votes[0], votes[1]), Pair(votes[4], cut)]
+    results, gradients = [], []
+    for budget in (1, 10_000):
+        model = load_reward_model(model_dir, trainable_layers=1)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.randn_like(model.head.weight) * 0.05)
+        trainer = Trainer(model, encoder, 1e-4, 1e-3, 1.0, micro_batch_tokens=budget)
+        results.append(trainer.step(votes, pairs))
+        # The accumulated gradients (kept after the step). Not the weights: AdamW's first step moves each
+        # by ±lr whatever its gradient's size, so float noise on a near-zero gradient flips it.
+        gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        if budget == 1:
+            assert len(trainer.cache) == 6  # each distinct sequence's trunk output, computed once
+            trainer.score(votes)
+            assert trainer.cache.hits >= len(votes)  # scoring them again reads the cache
+    (small, one), (g_small, g_one) = results, gradients
+    assert (small.votes, small.pairs) == (one.votes, one.pairs) == (7, 2)
+    assert small.pointwise_loss == pytest.approx(one.pointwise_loss, rel=1e-5)
+    assert small.pairwise_loss == pytest.approx(one.pairwise_loss, rel=1e-5)
+    assert max(g.abs().max() for g in g_one) > 1e-2  # a real gradient
+    for a, b in zip(g_small, g_one, strict=True):  # float32 sums in another order: ≈ 1e-5 apart
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-3)

@@ -1,8 +1,11 @@
 """The reward service end to end, as a subprocess on the real broker and the real model.
 
-- It learns a known rule from a stream of interactions and votes (held-out accuracy and AUC clearly above
-  chance within a bounded number of votes), publishes a Reward per response, and serves /v1/score from its
-  newest checkpoint, equal to a direct forward pass of that checkpoint.
+- It learns a known rule from a burst of interactions and votes (held-out accuracy, balanced accuracy and
+  AUC clearly above chance within a bounded number of votes); the vote lag and untrained-votes gauges rise
+  with the burst and fall to 0 once it is trained; a response cut off by the token budget is stored and
+  encoded without the end-of-turn token; /v1/score serves the newest checkpoint, equal to a direct forward
+  pass of that checkpoint, with that version's held-out balanced accuracy; nothing is scored on arrival
+  (the rewards topic stays empty).
 - Killed mid-stream (SIGKILL while trained votes are not yet checkpointed) and restarted, it loses no
   vote and trains none twice: the ledger of the checkpoint lineage holds each trainable vote exactly once.
 """
@@ -24,10 +27,16 @@ from proto.events_pb2 import Feedback, Rating
 from reward_service.checkpoint import OVERLAY, CheckpointStore
 from reward_service.losses import is_heldout
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
+from reward_service.store import JoinStore, prompt_key
 from tests.reward_service.conftest import event_records, fresh_topics, metric, produce, reward_service
 from tests.reward_service.rule_stream import make_turn, rule_stream
 
 GROUP = "rlhf-reward"
+
+
+def held(turn, fraction: float) -> bool:
+    """Whether the turn's prompt is in the held-out slice (never trained on)."""
+    return is_heldout(prompt_key(turn.interaction), fraction)
 
 
 def wait_for(condition, timeout_s: float, what: str, service=None):
@@ -68,33 +77,12 @@ def committed_offsets(kafka) -> dict[str, dict[int, int | None]]:
         consumer.close()
 
 
-def rewards_by_response(kafka, count: int, timeout_s: float = 60.0) -> dict[str, list]:
-    """Every Reward event on the rewards topic (at least ``count`` of them), grouped by response id."""
-    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
-    consumer.assign([TopicPartition(kafka.topic("rewards"), 0)])
-    consumer.seek_to_beginning()
-    events: dict[str, list] = {}
-    seen = 0
-    deadline = time.monotonic() + timeout_s
-    try:
-        while seen < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    reward = wire.decode("rewards", record.value)
-                    assert record.key == reward.response_id.encode()
-                    events.setdefault(reward.response_id, []).append(reward)
-                    seen += 1
-    finally:
-        consumer.close()
-    return events
-
-
 def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, tmp_path):
     kafka = fresh_topics(kafka_settings, "learn")
     turns = rule_stream(seed=1, prompts=32)  # 64 interactions, one vote each, half of them liked
     heldout_fraction = 0.3
-    trainable = [t for t in turns if not is_heldout(t.interaction.response_id, heldout_fraction)]
-    produce(kafka, event_records(turns))
+    trainable = [t for t in turns if not held(t, heldout_fraction)]
+    produce(kafka, event_records(turns))  # a burst: every vote is waiting when the service starts
 
     service = reward_service(
         tmp_path,
@@ -108,18 +96,39 @@ def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, t
     ).start("/readyz")
     try:
         checkpoints = CheckpointStore(tmp_path / "reward" / "checkpoints")
+        lags = []  # (untrained votes, vote lag) as scraped while the burst is trained
+
+        def all_checkpointed():
+            lags.append(
+                (
+                    metric(service.url, "rlhf_reward_votes_untrained"),
+                    metric(service.url, "rlhf_reward_vote_lag_seconds"),
+                )
+            )
+            state = latest_state(checkpoints)
+            return state and state.votes_trained == len(trainable) and state
+
         final = wait_for(
-            lambda: (s := latest_state(checkpoints)) and s.votes_trained == len(trainable) and s,
+            all_checkpointed,
             timeout_s=600,
             what=f"all {len(trainable)} trainable votes checkpointed",
             service=service,
         )
+        # The burst waited (votes are dated from when they were cast, before the service even started),
+        # then was trained: both gauges are back to 0.
+        print("untrained votes, vote lag (s) while training:", lags[:3], "...", lags[-3:])
+        assert max(n for n, _ in lags) > 0 and max(lag for _, lag in lags) > 1.0
+        assert metric(service.url, "rlhf_reward_votes_untrained") == 0
+        assert metric(service.url, "rlhf_reward_vote_lag_seconds") == 0
+        assert metric(service.url, "rlhf_reward_stage_cpu_seconds_total", {"stage": "train"}) > 0
+        assert metric(service.url, "rlhf_reward_stage_cpu_seconds_total", {"stage": "evaluate"}) > 0
         curve = [
             {
                 "version": s.version,
                 "votes": s.votes_trained,
                 "heldout": s.heldout.votes,
                 "accuracy": round(s.heldout.accuracy, 3),
+                "balanced_accuracy": round(s.heldout.balanced_accuracy, 3),
                 "auc": round(s.heldout.auc, 3),
             }
             for s in checkpoints.lineage(final.version)
@@ -132,17 +141,25 @@ def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, t
         # needs the reward's zero to sit between the classes, follows a few steps later).
         assert final.heldout.votes >= 16
         assert final.heldout.accuracy >= 0.7, curve
+        assert final.heldout.balanced_accuracy >= 0.7, curve
         assert final.heldout.auc >= 0.85, curve
         assert final.pairs_trained > 0  # the Bradley–Terry term was used
 
-        # Every served response got a Reward event, from a version that exists.
-        rewards = rewards_by_response(kafka, len(turns))
-        assert set(rewards) == {t.interaction.response_id for t in turns}
-        assert all(
-            r.reward_model_version <= final.version and r.policy_version == 1
-            for rs in rewards.values()
-            for r in rs
-        )
+        # The join store kept each response's finish reason; a cut-off one reaches the trainer as such and
+        # is encoded without the end-of-turn token.
+        encoder = ChatEncoder(load_tokenizer(model_dir), 2048)
+        end_of_turn = encoder.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        store = JoinStore(tmp_path / "reward" / "joins.sqlite", heldout_fraction)
+        try:
+            stored = dict(store.db.execute("SELECT response_id, finish_reason FROM interactions"))
+            examples = store.heldout(64, per_response=3)
+        finally:
+            store.close()
+        assert stored == {t.interaction.response_id: t.interaction.finish_reason for t in turns}
+        cut = next(e for e in examples if e.finish_reason == "length")
+        finished = next(e for e in examples if e.finish_reason == "stop")
+        assert encoder.encode(cut.messages, cut.response, cut.finish_reason)[-1] != end_of_turn
+        assert encoder.encode(finished.messages, finished.response, finished.finish_reason)[-2] == end_of_turn
 
         # /v1/score serves the newest checkpoint (picked up without a restart), equal to a direct forward
         # pass of that checkpoint.
@@ -151,24 +168,32 @@ def test_learns_the_rule_and_serves_its_checkpoints(model_dir, kafka_settings, t
             {
                 "messages": [{"role": "user", "content": t.interaction.prompt_messages[0].content}],
                 "response": t.interaction.response_text,
+                "finish_reason": t.interaction.finish_reason,
             }
             for t in sample
         ]
+        assert {i["finish_reason"] for i in inputs} == {"stop", "length"}
+        # The same text as a finished answer: scored with the end-of-turn token, so differently.
+        other = "length" if inputs[0]["finish_reason"] == "stop" else "stop"
+        inputs.append({**inputs[0], "finish_reason": other})
         reply = httpx.post(service.url + "/v1/score", json={"inputs": inputs}, timeout=60).json()
         assert reply["reward_model_version"] == final.version
+        # The version's own held-out record, which the learner's gate reads.
+        assert reply["heldout_balanced_accuracy"] == final.heldout.balanced_accuracy
+        assert reply["heldout_votes"] == final.heldout.votes
+        assert abs(reply["rewards"][0] - reply["rewards"][-1]) > 1e-3
         model = load_reward_model(
             model_dir, final.trainable_layers, checkpoints.path(final.version) / OVERLAY
         )
-        encoder = ChatEncoder(load_tokenizer(model_dir), 2048)
         with torch.inference_mode():
-            direct = torch.stack(
-                [model(*encoder.collate([encoder.encode(i["messages"], i["response"])]))[0] for i in inputs]
-            )
+            encoded = [encoder.encode(i["messages"], i["response"], i["finish_reason"]) for i in inputs]
+            direct = torch.stack([model(*encoder.collate([ids]))[0] for ids in encoded])
         print("max |served - direct|:", (torch.tensor(reply["rewards"]) - direct).abs().max().item())
         torch.testing.assert_close(torch.tensor(reply["rewards"]), direct, atol=1e-4, rtol=1e-4)
 
         assert metric(service.url, "rlhf_reward_model_version") == final.version
         assert metric(service.url, "rlhf_reward_heldout_accuracy") == final.heldout.accuracy
+        assert metric(service.url, "rlhf_reward_heldout_balanced_accuracy") == final.heldout.balanced_accuracy
         assert metric(service.url, "rlhf_reward_training_examples_seen", {"kind": "pointwise"}) == len(
             trainable
         )
@@ -212,6 +237,7 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(
     )
     settings = dict(
         heldout_fraction=fraction,
+        train_batch_size=8,  # (the default) steps small enough to be killed between a step and its checkpoint
         checkpoint_every_examples=16,
         checkpoint_interval_s=15,
         heldout_eval_size=16,
@@ -252,13 +278,8 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(
             ("feedback", wire.key_of(unknown), wire.encode(unknown)),
         ],
     )
-    everything = [*phase_a, first, *phase_b]
-    expected = {
-        t.feedback.feedback_id
-        for t in [*phase_a, *phase_b]
-        if not is_heldout(t.feedback.response_id, fraction)
-    }
-    if not is_heldout(first.interaction.response_id, fraction):
+    expected = {t.feedback.feedback_id for t in [*phase_a, *phase_b] if not held(t, fraction)}
+    if not held(first, fraction):
         expected.add(replacement.feedback_id)
 
     service = reward_service(tmp_path, model_dir, kafka, log_path, **settings).start("/readyz")
@@ -302,7 +323,6 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(
         )
         assert httpx.get(service.url + "/healthz", timeout=10).status_code == 200
         wait_for(lambda: committed_offsets(kafka) == final.offsets, timeout_s=30, what="offsets committed")
-        rewards = rewards_by_response(kafka, len(everything))
-        assert {t.interaction.response_id for t in everything} <= set(rewards)
+        assert metric(service.url, "rlhf_reward_votes_untrained") == 0
     finally:
         service.stop()
