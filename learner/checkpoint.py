@@ -49,7 +49,9 @@ class LearnerState:
     ``baseline_answers``: that version's greedy answers on the held-out prompts, re-scored against each
     candidate's so both are judged by the same reward-model version. ``response_ids``: the events trained
     on in the iteration that produced this checkpoint (for audit and for the recovery test).
-    ``anchor_answers``: version 0's greedy held-out answers (the reward gate's fixed anchor).
+    ``anchor_answers``: version 0's greedy held-out answers (the reward gate's fixed anchor);
+    ``anchor_canary_share``: its canary gate's rate. ``reward_model_trusted``: a reward-model version
+    has reached ``min_reward_accuracy`` (PPO runs from then on).
     ``recent_response_ids``: the last ``dedup_window`` response ids trained or skipped (redeliveries are
     dropped). ``normalizer``: :class:`learner.ppo.RewardNormalizer`'s fields.
     """
@@ -64,6 +66,8 @@ class LearnerState:
     pending: PendingPublication | None = None
     response_ids: list[str] = field(default_factory=list)
     anchor_answers: list[list[str]] | None = None
+    anchor_canary_share: float | None = None
+    reward_model_trusted: bool = False
     recent_response_ids: list[str] = field(default_factory=list)
     normalizer: dict[str, float] = field(default_factory=dict)
 

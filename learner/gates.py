@@ -8,10 +8,11 @@
    worse than the current version's, nor than version 0's (a fixed anchor: without it, a chain of
    promotions could each lose up to the tolerance), by more than ``reward_tolerance``. All three answer
    sets are scored in one request, so by the same reward-model version.
-3. Canaries: on every canary prompt, at least ``canary_min_ended`` of ``canary_samples`` answers sampled
-   at temperature 1 are non-empty and end with EOS within ``gate_max_new_tokens`` tokens. Judged on
-   samples, not one greedy decode: a single greedy answer that runs on at a near-tie is noise, not a
-   broken policy.
+3. Canaries: answers sampled at temperature 1 (``canary_samples`` per canary prompt, pooled) are
+   non-empty and end with EOS within ``gate_max_new_tokens`` tokens at least as often as version 0's,
+   less ``canary_tolerance``. Judged on samples against the SFT model's own rate, not one greedy decode
+   against an absolute rule: a greedy answer that runs on at a near-tie is noise, and at temperature 1
+   the SFT model itself rambles past the budget on some prompts.
 
 A candidate whose greedy held-out answers are exactly its parent's is reported ``changed=False``: serving
 it would change nothing users see, so it is neither published nor reverted (training continues).
@@ -89,6 +90,24 @@ def answer_texts(tokenizer: PreTrainedTokenizerBase, answers: list[list[int]]) -
 
 
 @torch.no_grad()
+def canary_ended_share(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    canaries: list[list[dict[str, str]]],
+    cfg: LearnerConfig,
+    seed: int,
+) -> float:
+    """Share of ``cfg.canary_samples`` answers per canary prompt, sampled at temperature 1 with ``seed``,
+    that are non-empty and end with EOS within ``cfg.gate_max_new_tokens`` tokens (pooled over prompts)."""
+    torch.manual_seed(seed)
+    repeated = [m for m in canaries for _ in range(cfg.canary_samples)]
+    _, answers = greedy_answers(lm, tokenizer, repeated, cfg.gate_max_new_tokens, greedy=False)
+    eos = tokenizer.eos_token_id
+    ended = [a[-1] == eos and tokenizer.decode(a, skip_special_tokens=True).strip() != "" for a in answers]
+    return sum(ended) / len(ended)
+
+
+@torch.no_grad()
 def evaluate(
     lm: PreTrainedModel,
     reference: ReferenceTop,
@@ -98,13 +117,15 @@ def evaluate(
     baseline_answers: list[list[str]],
     anchor_answers: list[list[str]],
     canaries: list[list[dict[str, str]]],
+    anchor_canary_share: float,
     cfg: LearnerConfig,
     seed: int,
 ) -> GateReport:
     """Run the three gates on candidate ``lm`` with ``cfg``'s budget, tolerance and canary settings.
 
     ``baseline_answers``, ``anchor_answers``: the parent's and version 0's greedy answers to ``heldout``
-    (``[text, finish_reason]``, from :func:`answer_texts`). ``seed`` fixes the canaries' samples (a restarted iteration draws the same). Raises what
+    (``[text, finish_reason]``, from :func:`answer_texts`); ``anchor_canary_share``: version 0's
+    :func:`canary_ended_share`. ``seed`` fixes the canaries' samples (a restarted iteration draws the same). Raises what
     :meth:`RewardClient.score` raises when the reward service cannot be reached.
     """
     failures = []
@@ -132,21 +153,13 @@ def evaluate(
                 f"beyond tolerance {cfg.reward_tolerance}"
             )
 
-    # 3. canaries still answered, judged on samples
-    torch.manual_seed(seed)
-    repeated = [m for m in canaries for _ in range(cfg.canary_samples)]
-    _, canary_answers = greedy_answers(lm, tokenizer, repeated, cfg.gate_max_new_tokens, greedy=False)
-    eos = tokenizer.eos_token_id
-    for c, messages in enumerate(canaries):
-        samples = canary_answers[c * cfg.canary_samples : (c + 1) * cfg.canary_samples]
-        ended = sum(
-            1 for a in samples if a[-1] == eos and tokenizer.decode(a, skip_special_tokens=True).strip()
+    # 3. canaries still answered as often as version 0 answers them, judged on samples
+    ended = canary_ended_share(lm, tokenizer, canaries, cfg, seed)
+    if ended < anchor_canary_share - cfg.canary_tolerance:
+        failures.append(
+            f"canaries: {ended:.0%} of sampled answers ended within {cfg.gate_max_new_tokens} tokens, "
+            f"version 0 {anchor_canary_share:.0%} (tolerance {cfg.canary_tolerance:.0%})"
         )
-        if ended < cfg.canary_min_ended * len(samples):
-            failures.append(
-                f"canary {messages[-1]['content']!r}: {ended} of {len(samples)} sampled answers ended "
-                f"within {cfg.gate_max_new_tokens} tokens (need {cfg.canary_min_ended:.0%})"
-            )
     return GateReport(
         not failures,
         "; ".join(failures),

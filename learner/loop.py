@@ -4,9 +4,9 @@ Order within an iteration, and why:
 1. take every usable Interaction event waiting in Kafka, at least ``min_batch_size`` and at most
    ``batch_size`` (stale, duplicate, malformed or too long ones are skipped and counted);
 2. live mode trains on the served responses; generate mode samples new ones with the current policy;
-3. score them through the reward service; if the scoring reward model has not yet shown held-out
-   balanced accuracy of ``min_reward_accuracy``, rewind to the checkpoint's offsets and wait (no PPO on
-   rewards no better than chance; the events are read again once it is);
+3. score them through the reward service; until a reward-model version has shown held-out balanced
+   accuracy of ``min_reward_accuracy``, rewind to the checkpoint's offsets and wait (no PPO on rewards no
+   better than chance; the events are read again once it is);
 4. one PPO iteration (learner/trainer.py);
 5. every ``publish_every`` iterations, run the promotion gates and record the verdict as *pending*;
 6. checkpoint model, value head, optimizer, β, consumed offsets and the pending verdict, atomically;
@@ -88,6 +88,9 @@ class Learner:
             log.info("starting from version %d (%s)", version, path)
         if self.state.anchor_answers is None:
             self.state.anchor_answers = self._heldout_answers(sft)
+            self.state.anchor_canary_share = gates.canary_ended_share(
+                sft, self.tokenizer, self.canaries, cfg, cfg.seed
+            )
         del sft  # the reference keeps only its top layers
         if self.state.baseline_answers is None:
             self.state.baseline_answers = self._heldout_answers(self.policy.lm)
@@ -245,6 +248,7 @@ class Learner:
                     state.baseline_answers,
                     state.anchor_answers,
                     self.canaries,
+                    state.anchor_canary_share,
                     cfg,
                     seed=cfg.seed + state.iteration,
                 )
@@ -271,12 +275,15 @@ class Learner:
         return stats
 
     def _reward_model_ready(self, scores) -> bool:
+        if self.state.reward_model_trusted:
+            return True
         accuracy = scores.heldout_balanced_accuracy
         ready = self.cfg.min_reward_accuracy <= 0 or (
             accuracy is not None
             and accuracy >= self.cfg.min_reward_accuracy
             and scores.heldout_votes >= self.cfg.min_reward_heldout_votes
         )
+        self.state.reward_model_trusted = ready
         if not ready:
             log.info(
                 "reward model v%d: held-out balanced accuracy %s on %d votes; PPO waits for >= %.2f on >= %d",

@@ -122,10 +122,8 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
     producer.close()
     stale, fresh = make_interactions(2, policy_version=0), make_interactions(4, policy_version=3)
     produce(fresh_kafka, stale[:1] + fresh[:2] + stale[1:] + fresh[2:])
-    # Two tokens are too few for any sample of the canary "What is the capital of France?" to end with EOS.
-    cfg = small_config(
-        tmp_path / "state", scorer, tmp_path / "prompts", gate_max_new_tokens=2, max_staleness=2
-    )
+    # Any trained candidate moves away from the reference: a KL budget of 0 rejects it.
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", kl_budget=0.0, max_staleness=2)
     learner = Learner(cfg, fresh_kafka)
     try:
         state = learner.run()
@@ -151,7 +149,7 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
 
     record = read_policy_records(fresh_kafka)[-1]
     assert (record.version, record.status, record.parent) == (4, REJECTED, 3)
-    assert "canary" in record.reason and "0 of 2 sampled answers ended" in record.reason
+    assert "exceeds budget 0.0" in record.reason
     assert record.checkpoint_uri == "" and len(record.weights_sha256) == 64
     store = tmp_path / "state" / "policies"
     assert not (store / "v4").exists() and not list(store.glob(".staging-*"))
@@ -233,10 +231,12 @@ def test_no_ppo_until_the_reward_model_beats_chance(tmp_path, fresh_kafka, score
         metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
         assert _metric(metrics, "rlhf_learner_waiting_for_reward_model") == 1
         assert learner.state.iteration == 0 and learner.state.events_consumed == 0
+        assert not learner.state.reward_model_trusted
         assert all(torch.equal(before[k], v) for k, v in learner.policy.lm.state_dict().items())
         # Once it does, the same events (rewound, not lost) are trained.
         SCORER.update(saved)
         assert learner.iterate(threading.Event()) is not None
+        assert learner.state.reward_model_trusted  # later dips of a noisy held-out set do not stop PPO
     finally:
         SCORER.update(saved)
         learner.close()
