@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from learner.config import LearnerConfig
 from learner.model import ReferenceTop, chat_prompt_ids, generate, pack, response_logits
+from learner.ppo import exact_kl
 from learner.reward import RewardClient, ScoreRequest
 
 
@@ -38,16 +38,6 @@ def load_prompts(path: Path) -> list[list[dict[str, str]]]:
     """Chat prompts from a JSONL file of ``{"messages": [{"role": ..., "content": ...}, ...]}`` lines."""
     with open(path) as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
-
-
-def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-response Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t)) in nats.
-
-    ``logits``, ``ref_logits``: ``(B, T, V)``; ``mask``: ``(B, T)`` bool. Returns ``(B,)`` float32, ≥ 0.
-    """
-    logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)  # (B, T, V)
-    per_token = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T)
-    return (per_token * mask).sum(1)  # (B,)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 How to read them (see also learner/README.md):
 - ``reward_mean``: mean reward-model score of the last batch; should rise slowly.
-- ``kl_to_reference``: mean per-response Σ_t (log π − log π_ref) of the last batch, nats; the adaptive
+- ``kl_to_reference``: mean per-response Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t)) along the last batch's
+  responses, exact over the vocabulary, nats (≥ 0 whoever sampled the tokens); the adaptive
   controller steers it toward ``target_kl``. Rising far above means the policy is drifting from the SFT
   model (reward hacking risk).
 - ``kl_coef``: β of the KL penalty; grows while KL is above target, shrinks below.

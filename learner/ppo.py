@@ -107,6 +107,19 @@ def kl_penalized_rewards(
     return rewards, kl
 
 
+def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-response Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t)) in nats, exact over the vocabulary at each position.
+
+    Unlike the sampled-token log-ratio, it is exact whoever produced the tokens that led to s_t: on live
+    traffic sampled by another policy (or greedy gate answers), the sampled estimator is biased and can
+    even be negative. ``logits``, ``ref_logits``: ``(B, T, V)``; ``mask``: ``(B, T)`` bool.
+    Returns ``(B,)`` float32, ≥ 0.
+    """
+    logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)  # (B, T, V)
+    per_token = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T)
+    return (per_token * mask).sum(1)  # (B,)
+
+
 @dataclass
 class RewardNormalizer:
     """Scores standardised by running statistics of the reward-model version that produced them.

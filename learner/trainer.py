@@ -51,14 +51,17 @@ class Experience:
 class IterationStats:
     """What one iteration measured (means over the batch or over its micro-batches).
 
-    ``reward_mean``: mean raw reward-model score; ``kl``: mean per-response Σ_t (log π_θk − log π_ref),
-    nats. ``behaviour_gap``: mean per-token |log π_θk − log π_behaviour| over live responses (None without
+    ``reward_mean``: mean raw reward-model score; ``kl``: mean per-response Σ_t KL(π_θk(·|s_t) ‖
+    π_ref(·|s_t)) along the batch's responses, exact over the vocabulary, nats (what the KL controller
+    steers); ``sampled_kl``: the same sum of the sampled tokens' log-ratios (the penalty's k1 estimator,
+    biased, even negative, on tokens another policy sampled). ``behaviour_gap``: mean per-token |log π_θk − log π_behaviour| over live responses (None without
     any); ``truncated_fraction``: share of those tokens whose importance weight hit the cap.
     """
 
     reward_mean: float
     reward_model_version: int
     kl: float
+    sampled_kl: float
     kl_coef: float
     policy_loss: float
     value_loss: float
@@ -104,6 +107,7 @@ class PPOTrainer:
         # 1. trunk once; log π_θk, V(s_t) and log π_ref of the sampled tokens on it
         trunk = torch.zeros(B, batch.input_ids.shape[1], self.policy.lm.config.hidden_size)  # (B, P+T, H)
         logprobs, values, ref_logprobs, entropy = (torch.zeros(B, T) for _ in range(4))
+        exact_kl = torch.zeros(B)
         for rows in self._chunks(torch.arange(B)):
             sub = batch[rows]
             trunk[rows] = self.policy.trunk(sub)
@@ -111,7 +115,9 @@ class PPOTrainer:
             logprobs[rows] = ppo.logprobs_of(logits, sub.responses)
             entropy[rows] = ppo.entropy_of(logits)
             values[rows] = v
-            ref_logprobs[rows] = ppo.logprobs_of(self.reference(sub, trunk[rows]), sub.responses)
+            ref_logits = self.reference(sub, trunk[rows])  # (b, T, V)
+            ref_logprobs[rows] = ppo.logprobs_of(ref_logits, sub.responses)
+            exact_kl[rows] = ppo.exact_kl(logits, ref_logits, sub.mask)
 
         # 2. truncated importance weights of tokens another policy sampled
         weights = torch.ones(B, T)
@@ -136,7 +142,8 @@ class PPOTrainer:
         advantages = ppo.whiten(advantages, mask)
 
         info = {
-            "kl": float(kl.sum(1).mean()),
+            "kl": float(exact_kl.mean()),
+            "sampled_kl": float(kl.sum(1).mean()),
             "entropy": float(ppo.masked_mean(entropy, mask)),
             "explained_variance": ppo.explained_variance(values, returns, mask),
             "behaviour_gap": behaviour_gap,

@@ -7,7 +7,6 @@ import torch
 
 from learner import ppo
 from learner.config import LearnerConfig
-from learner.gates import exact_kl
 from learner.model import pack
 from learner.sft import response_only_loss
 
@@ -175,7 +174,7 @@ def test_exact_kl_for_the_gate():
     ref = torch.log(torch.tensor([[[0.25, 0.75], [0.9, 0.1]]]))
     mask = torch.tensor([[True, False]])
     # only position 0 counts: ½·ln(0.5/0.25) + ½·ln(0.5/0.75)
-    assert exact_kl(logits, ref, mask).tolist() == [approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3))]
+    assert ppo.exact_kl(logits, ref, mask).tolist() == [approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3))]
 
 
 def test_sft_loss_counts_response_tokens_only():
