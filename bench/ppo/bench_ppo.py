@@ -2,8 +2,8 @@
 
 Run (needs the Kafka broker: ``bash deploy/kafka/kafka.sh start``), from the repository root:
 
-    .state/venv/bin/python bench/ppo/bench_ppo.py                # 32 events; sides old,new,new-nogates,trl
-                                                                 # (~12 minutes on 2 shared cores)
+    .state/venv/bin/python bench/ppo/bench_ppo.py                # 64 events; sides old,new,new-nogates,trl
+                                                                 # (~20 minutes on 2 shared cores)
     .state/venv/bin/python bench/ppo/bench_ppo.py --events 8     # smoke run (~6 minutes)
     .state/venv/bin/python bench/ppo/bench_ppo.py --sides old,old-nogates,new,new-nogates,trl  # +~4 min
     .state/venv/bin/python bench/ppo/bench_ppo.py --batch bench/results/ppo-<time>-batch.json  # same batch
@@ -14,7 +14,7 @@ It prints a table and writes ``bench/results/ppo-<UTC time>.json`` (plus the bat
 
 What is compared, on the very same input
 -----------------------------------------
-1. The batch: ``--events`` (default 32) Interaction events, one per prompt of 32 varied chat prompts (none
+1. The batch: ``--events`` (default 64) Interaction events, one per prompt of 64 varied chat prompts (none
    of them a gate prompt), each with a response of at most 64 tokens sampled once from the bundled model
    (SmolLM2-135M-Instruct, float32, temperature 1, no top-k/top-p) and its real behaviour log-probs
    (recomputed by a full forward, as ``tests/learner/conftest.py``'s ``make_interactions`` does). It is
@@ -26,7 +26,7 @@ What is compared, on the very same input
    ``PYTHONPATH``; the bench checks ``learner.__file__``). Its own ``LearnerConfig`` and defaults: live mode,
    ``batch_size=8``, ``num_minibatches=2``, ``ppo_epochs=4``, lr 3e-6, the whole model trained against a
    full reference model, gates every iteration (``publish_every=1``), full checkpoint (policy, value head,
-   Adam) every iteration. 32 events are 4 iterations. One deviation: ``max_staleness`` is lifted, since
+   Adam) every iteration. 64 events are 8 iterations. One deviation: ``max_staleness`` is lifted, since
    after 3 promotions the version-0 events of the fixed batch would be dropped as stale and the 4th batch
    would never fill (in production those events would come from the newer versions).
    ``old-nogates``: the same with ``publish_every`` past the run (no gates, no publishing); not in the
@@ -34,12 +34,11 @@ What is compared, on the very same input
    ``publish`` stage CPU subtracted, from the gates-on runs.
 3. ``new``: the working tree's ``learner/`` (9e6bdcb and whatever is uncommitted) with its defaults: live
    mode, an iteration takes every fresh usable event between ``min_batch_size`` 8 and ``batch_size`` 32
-   (so 32 events are one iteration), minibatches of 8, micro-batches of 4, ``ppo_epochs=2`` (lr 5e-5), top 4 of 30
-   layers trained over a frozen trunk computed once per batch and shared with the reference, checkpoints
-   of the trained tensors only. Gates (sampled canaries, v0 anchor) run on that iteration:
-   ``publish_every`` is set to 1, the worst case (its default is 2 since 9e6bdcb, gates after every other
-   iteration: the report also gives the rate with the gates' and publishing's CPU divided by that
-   default). ``new-nogates``: ``publish_every`` past the run.
+   (so 64 events are two iterations), minibatches of 8, micro-batches of 4, ``ppo_epochs=2`` (lr 5e-5), top 4
+   of 30 layers trained over a frozen trunk computed once per batch and shared with the reference,
+   checkpoints of the trained tensors only. Gates (sampled canaries, v0 anchor) at its default cadence,
+   ``publish_every=2``: once, after the second iteration, so the rate is measured at the learner's defaults
+   and not amortised by arithmetic. ``new-nogates``: ``publish_every`` past the run.
 4. ``trl``: TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` with today's learner's PPO sizes (8 responses
    per iteration, 2 minibatches of 4, 4 epochs, lr 3e-6, 64-token responses at temperature 1) on the same
    prompts, ``--trl-episodes`` responses in all (default 8: one iteration, ~1.5 minutes; its cost per
@@ -113,7 +112,7 @@ SIDES = {
     "new-nogates": "new learner.loop (working tree), live, gates off",
     "trl": "TRL 1.12.0 PPOTrainer (own samples + in-process RM)",
 }
-# 32 varied prompts; none is a held-out or canary prompt of either learner version.
+# 64 varied prompts; none is a held-out or canary prompt of either learner version.
 PROMPTS = [
     "What are the main differences between a crocodile and an alligator?",
     "Write a haiku about autumn rain.",
@@ -147,6 +146,38 @@ PROMPTS = [
     "What should I consider when adopting a dog?",
     "Translate 'good morning' into Spanish and French.",
     "Why do leaves change colour in the fall?",
+    "How do I make a cup of green tea properly?",
+    "What is the difference between a lake and a pond?",
+    "Write a limerick about a sleepy cat.",
+    "How does a compass work?",
+    "Give me two ideas for a rainy-day activity with kids.",
+    "What is the largest planet in our solar system?",
+    "How can I save money on groceries?",
+    "Explain what a calorie is.",
+    "What are the three states of matter?",
+    "Suggest a good first houseplant for a dark room.",
+    "Why do we yawn?",
+    "Write a short apology for being late to a friend's dinner.",
+    "How does recycling paper work?",
+    "What is the difference between a mountain and a hill?",
+    "How do I clean a cast-iron pan?",
+    "Name three famous painters and one work by each.",
+    "What is a haiku?",
+    "How do vaccines train the immune system?",
+    "Give me a quick stretching routine for my desk job.",
+    "What does a librarian do besides lending books?",
+    "Why does bread go stale?",
+    "Write a two-sentence description of a sunrise at sea.",
+    "How many continents are there, and which is the smallest?",
+    "What is the purpose of a resume cover letter?",
+    "How do solar panels make electricity?",
+    "Suggest a healthy snack for the afternoon.",
+    "What is the difference between a frog and a toad?",
+    "How do I politely end a phone call that goes on too long?",
+    "Explain what a leap year is.",
+    "What makes a good password?",
+    "Why do onions make people cry?",
+    "Recommend a hobby that costs almost nothing.",
 ]
 
 
@@ -391,8 +422,8 @@ def run_learner(spec: dict) -> dict:
         }
         if old:
             settings["max_staleness"] = 10**6  # see the module docstring
-        # gates on: they run after this side's (last) iteration whatever the default publish_every
-        settings["publish_every"] = 10**6 if spec["side"].endswith("nogates") else 1
+        if spec["side"].endswith("nogates"):
+            settings["publish_every"] = 10**6  # past the run: no gates, no publishing
         cfg = LearnerConfig(**settings)
         lrn = loop.Learner(cfg, kafka)
         startup = {"wall_s": time.perf_counter() - startup_wall, "cpu_s": cpu_seconds() - startup_cpu}
@@ -464,7 +495,6 @@ def run_learner(spec: dict) -> dict:
             "loadavg_end": load_end,
             "peak_rss_gib": peak_rss_gib(),
             "torch_threads": torch.get_num_threads(),
-            "publish_every_default": LearnerConfig.model_fields["publish_every"].default,
             "learner_file": learner.__file__,
             "config": json.loads(cfg.model_dump_json()),
             "stats": stats,
@@ -700,16 +730,12 @@ def report(results: list[dict], meta: dict) -> None:
             stages.add_row(*row)
         console.print(stages)
 
-    def rate(side: str, exclude: tuple[str, ...] = (), every: int = 0) -> float | None:
-        """Responses per CPU-second of ``side``; the ``exclude`` stages' CPU left out (``every`` > 0: kept
-        but divided by ``every``, as when they run once every ``every`` iterations)."""
+    def rate(side: str, exclude: tuple[str, ...] = ()) -> float | None:
+        """Responses per CPU-second of ``side``, the ``exclude`` stages' CPU left out."""
         r = ok.get(side)
         if r is None:
             return None
-        excluded = sum(r["stage_cpu_s"].get(x, 0.0) for x in exclude)
-        return r["responses"] / (r["cpu_s"] - excluded + (excluded / every if every else 0.0))
-
-    k_new = ok["new"].get("publish_every_default", 1) if "new" in ok else 1
+        return r["responses"] / (r["cpu_s"] - sum(r["stage_cpu_s"].get(x, 0.0) for x in exclude))
 
     lines = []
     gates = ("gates", "publish")
@@ -721,11 +747,6 @@ def report(results: list[dict], meta: dict) -> None:
             "new (gates-off run) / today (gates+publish stage CPU subtracted)",
             rate("new-nogates") if "old-nogates" not in ok else None,
             rate("old", gates),
-        ),
-        (
-            f"new with gates+publish CPU / its default publish_every={k_new} (amortised) / today, gates on",
-            rate("new", gates, k_new),
-            rate("old"),
         ),
         ("new / TRL (TRL's CPU also samples and scores)", rate("new"), rate("trl")),
         ("today / TRL", rate("old"), rate("trl")),
@@ -742,7 +763,7 @@ def report(results: list[dict], meta: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=32, help="live events (a multiple of 8, 8–32)")
+    parser.add_argument("--events", type=int, default=64, help="live events (a multiple of 8, 8–64)")
     parser.add_argument(
         "--sides",
         default="old,new,new-nogates,trl",
@@ -757,7 +778,7 @@ def main() -> None:
         default=TRL_BATCH,
         help="responses TRL samples and trains on (a multiple of 8)",
     )
-    parser.add_argument("--timeout", type=float, default=900, help="seconds a side may iterate")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds a side may iterate")
     parser.add_argument("--spec", help=argparse.SUPPRESS)  # internal: run one side in this process
     args = parser.parse_args()
 
