@@ -99,7 +99,10 @@ def save(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
-    trained = {name: p.detach().contiguous() for name, p in policy.named_parameters() if p.requires_grad}
+    # On the CPU whatever the device, so a checkpoint written on a GPU loads anywhere.
+    trained = {
+        name: p.detach().cpu().contiguous() for name, p in policy.named_parameters() if p.requires_grad
+    }
     save_file(trained, str(tmp / TRAINED))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
@@ -123,7 +126,8 @@ def latest(root: Path) -> Path | None:
 def load(path: Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer) -> LearnerState:
     """Restore ``policy``'s trained tensors and ``optimizer`` in place from checkpoint ``path``; return its
     state. ``policy`` must hold the SFT model (its frozen trunk). Raises ``ValueError`` when the
-    checkpoint's tensors are not exactly the ones ``policy`` trains (another ``trainable_layers``)."""
+    checkpoint's tensors are not exactly the ones ``policy`` trains (another ``trainable_layers``).
+    ``policy`` may be on any device: tensors are read on the CPU and copied into place."""
     tensors = load_file(str(path / TRAINED))
     trained = {name for name, p in policy.named_parameters() if p.requires_grad}
     if set(tensors) != trained:
@@ -131,6 +135,8 @@ def load(path: Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimiz
             f"checkpoint {path} trains other tensors than this learner (trainable_layers changed?): "
             f"missing {sorted(trained - set(tensors))[:2]}, unexpected {sorted(set(tensors) - trained)[:2]}"
         )
-    policy.load_state_dict(tensors, strict=False)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    policy.load_state_dict(tensors, strict=False)  # copies into the parameters, on their device
+    # map_location: a checkpoint written on cuda:3 loads on a CPU or another GPU; load_state_dict then moves
+    # the Adam moments to their parameters' device.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     return LearnerState.from_json(json.loads((path / "state.json").read_text()))

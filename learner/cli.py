@@ -1,12 +1,16 @@
 """Command line of the learner: ``rlhf-learner ppo`` (the online PPO service) and ``rlhf-learner sft``.
 
     python -m learner.cli ppo [--mode live|generate] [--batch-size 8] [--max-iterations N] ...
+    torchrun --nproc-per-node 2 -m learner.cli ppo ...          # data-parallel (learner/distributed.py)
+                                                                 # (with --max-restarts, see its start())
     python -m learner.cli sft --data demos.jsonl --output-dir DIR [--epochs 2] ...
 
 Every field of :class:`learner.config.LearnerConfig` / :class:`learner.config.SFTConfig` is a flag
 (``--help`` lists them with defaults) and an environment variable (``RLHF_LEARNER_*``,
 ``RLHF_LEARNER_SFT_*``); Kafka comes from ``RLHF_KAFKA_BOOTSTRAP_SERVERS`` / ``RLHF_KAFKA_TOPIC_PREFIX``.
-SIGTERM and Ctrl-C stop ``ppo`` between iterations, after its checkpoint.
+SIGTERM and Ctrl-C stop ``ppo`` between iterations, after its checkpoint. Under torchrun, rank 0 does
+so and then stops the other ranks, which wait for it (they ignore SIGTERM themselves: leaving mid-step
+would fail rank 0's iteration).
 """
 
 import logging
@@ -29,20 +33,28 @@ class PPOCommand(LearnerConfig):
     """Run the online PPO learner: consume interactions, train, checkpoint, gate and publish policies."""
 
     def cli_cmd(self) -> None:
-        from learner.loop import Learner
+        from learner import distributed
+        from learner.loop import Learner, run_worker
         from proto.topics import KafkaSettings, ensure_topics
 
-        kafka = KafkaSettings()
-        ensure_topics(kafka)
+        ranks, device = distributed.start(self.device, self.rank_wait_timeout_s)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        learner = Learner(self, kafka)
-        logging.getLogger(__name__).info("metrics on :%d/metrics", learner.metrics_port)
         try:
-            learner.run(stop)
+            if not ranks.is_main:
+                run_worker(self, ranks, device)
+                return
+            kafka = KafkaSettings()
+            ensure_topics(kafka)
+            learner = Learner(self, kafka, ranks, device)
+            logging.getLogger(__name__).info("metrics on :%d/metrics", learner.metrics_port)
+            try:
+                learner.run(stop)
+            finally:
+                learner.close()
         finally:
-            learner.close()
+            distributed.stop(ranks)
 
 
 class SFTCommand(SFTConfig):

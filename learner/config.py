@@ -15,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from proto.device import DType, check_device
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = Path(__file__).resolve().parent / "prompts"
@@ -61,6 +63,24 @@ class LearnerConfig(BaseSettings):
         "rlhf-learner",
         description="Kafka consumer group of the interactions reader; its "
         "committed offsets trail the learner's checkpoint",
+    )
+
+    # --- devices and ranks (proto/device.py, learner/distributed.py) ---------------------------------
+    device: str = Field(
+        "auto",
+        description="auto (CUDA when torch.cuda.is_available(), else CPU), cpu, cuda or cuda:<index>; "
+        "under torchrun each rank takes the GPU of its LOCAL_RANK",
+    )
+    dtype: DType = Field(
+        "float32",
+        description="float32, or bfloat16 mixed precision (the decoder layers' matmuls under torch.autocast; "
+        "weights, Adam moments, the LM and value heads, log-probs and the PPO math stay float32)",
+    )
+    rank_wait_timeout_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="torchrun only: how long ranks 1.. wait for rank 0's next batch (it waits for traffic "
+        "and runs the gates meanwhile), seconds; a dead rank is caught by torchrun, not by this",
     )
 
     # --- rollouts --------------------------------------------------------------------------------------
@@ -261,6 +281,11 @@ class LearnerConfig(BaseSettings):
         "(counted across restarts); null runs until stopped",
     )
     poll_timeout_s: float = Field(1.0, gt=0, description="Kafka poll timeout while waiting for a batch")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _check_batch_sizes(self) -> "LearnerConfig":

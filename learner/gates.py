@@ -123,7 +123,7 @@ def evaluate(
     texts = answer_texts(tokenizer, answers)
 
     # 1. KL to the reference along the candidate's own answers
-    batch = pack(prompt_ids, answers)
+    batch = pack(prompt_ids, answers).to(lm.device)
     kl = float(exact_kl(response_logits(lm, batch), reference.logits(batch), batch.mask).mean())
     if kl > cfg.kl_budget:
         failures.append(f"KL to reference {kl:.3f} nats exceeds budget {cfg.kl_budget}")

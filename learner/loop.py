@@ -16,6 +16,9 @@ Order within an iteration, and why:
    record with the reason, after which training resumes from the last promoted weights; a passing
    candidate whose answers did not change is not published (training goes on from it). A crash between 6 and 8 is finished on
    restart, idempotently (by sha256).
+
+Under torchrun this is rank 0's loop; the other ranks run :func:`run_worker` and take part in step 4 only
+(learner/distributed.py).
 """
 
 import logging
@@ -26,12 +29,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from learner import checkpoint, gates
 from learner import metrics as m
 from learner.checkpoint import LearnerState, PendingPublication
 from learner.config import LearnerConfig
+from learner.distributed import SINGLE, Ranks, Step, Stop, serve, snapshot
 from learner.model import PolicyWithValueHead, ReferenceTop, generate, load_lm, load_tokenizer
 from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
@@ -39,6 +43,7 @@ from learner.reward import RewardClient, ScoreRequest
 from learner.rollout import InteractionReader, Rollout
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
+from proto.device import autocast, resolve_device
 from proto.events_pb2 import Interaction, PolicyStatus, PolicyVersion
 from proto.policy_log import PolicyLog
 from proto.topics import KafkaSettings
@@ -53,10 +58,21 @@ class Learner:
     finishes its pending publication); otherwise it starts from the version serving serves (the policy
     topic's pinned or latest promoted version), or from ``cfg.init_model`` (version 0). The reference is
     always ``cfg.init_model``'s top layers over the shared frozen trunk.
+
+    ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
+    where the models go (default: ``cfg.device`` resolved, proto/device.py).
     """
 
-    def __init__(self, cfg: LearnerConfig, kafka: KafkaSettings):
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        kafka: KafkaSettings,
+        ranks: Ranks = SINGLE,
+        device: torch.device | None = None,
+    ):
         self.cfg = cfg
+        self.ranks = ranks
+        self.device = device or resolve_device(cfg.device)
         # /metrics answers from the start, so supervisors see the process alive while models load.
         self._metrics_server, _ = start_http_server(cfg.metrics_port)
         self.metrics_port = self._metrics_server.server_port
@@ -68,11 +84,13 @@ class Learner:
         self.heldout = gates.load_prompts(cfg.heldout_prompts)
         self.canaries = gates.load_prompts(cfg.canary_prompts)
 
-        sft = load_lm(cfg.init_model, trainable=False)
+        sft = load_lm(cfg.init_model, trainable=False, device=self.device)
         resume = checkpoint.latest(cfg.checkpoint_dir)
         if resume is not None:
-            self.policy = PolicyWithValueHead(load_lm(cfg.init_model, trainable=False), cfg.trainable_layers)
-            self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy))
+            self.policy = PolicyWithValueHead(
+                load_lm(cfg.init_model, trainable=False, device=self.device), cfg.trainable_layers
+            )
+            self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy), ranks)
             self.state = checkpoint.load(resume, self.policy, self.trainer.optimizer)
             self.trainer.kl_ctl.value = self.state.kl_coef
             self.trainer.normalizer = RewardNormalizer(**self.state.normalizer)
@@ -82,15 +100,18 @@ class Learner:
             policies = self.policy_topic.read()
             version = policies.target()
             path = self._weights_of(policies, version)
-            self.policy = PolicyWithValueHead(load_lm(path, trainable=False), cfg.trainable_layers)
-            self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy))
+            self.policy = PolicyWithValueHead(
+                load_lm(path, trainable=False, device=self.device), cfg.trainable_layers
+            )
+            self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy), ranks)
             self.state = LearnerState(kl_coef=cfg.init_kl_coef, parent_version=version)
             log.info("starting from version %d (%s)", version, path)
         if self.state.anchor_answers is None:
             self.state.anchor_answers = self._heldout_answers(sft)
-            self.state.anchor_canary_share = gates.canary_ended_share(
-                sft, self.tokenizer, self.canaries, cfg, cfg.seed
-            )
+            with self._precision():
+                self.state.anchor_canary_share = gates.canary_ended_share(
+                    sft, self.tokenizer, self.canaries, cfg, cfg.seed
+                )
         del sft  # the reference keeps only its top layers
         if self.state.baseline_answers is None:
             self.state.baseline_answers = self._heldout_answers(self.policy.lm)
@@ -102,9 +123,20 @@ class Learner:
         m.KL_COEF.set(self.trainer.kl_ctl.value)
         if self.state.pending is not None:
             self.publish(self.state.pending)
+        self._sync_ranks()
+
+    def _precision(self):
+        """Mixed precision of forward passes and generation when ``cfg.dtype`` is bfloat16."""
+        return autocast(self.device, self.cfg.dtype)
+
+    def _sync_ranks(self) -> None:
+        """Give every rank this rank's trained state (after a resume or a revert); no-op for one process."""
+        if self.ranks.distributed:
+            self.ranks.broadcast(snapshot(self.trainer))
 
     def _heldout_answers(self, lm) -> list[list[str]]:
-        _, answers = gates.greedy_answers(lm, self.tokenizer, self.heldout, self.cfg.gate_max_new_tokens)
+        with self._precision():
+            _, answers = gates.greedy_answers(lm, self.tokenizer, self.heldout, self.cfg.gate_max_new_tokens)
         return gates.answer_texts(self.tokenizer, answers)
 
     def _weights_of(self, policies: PolicyLog, version: int) -> Path:
@@ -124,6 +156,7 @@ class Learner:
         path = self._weights_of(policies, self.state.parent_version)
         self.policy.lm.load_state_dict(load_lm(path, trainable=False).state_dict())
         self.trainer.optimizer.state.clear()
+        self._sync_ranks()
         log.info("rejected candidate discarded: training resumes from v%d", self.state.parent_version)
 
     # 1. which events are usable
@@ -169,9 +202,10 @@ class Learner:
             ]
         prompts = [list(e.prompt_token_ids) for e in events]
         torch.manual_seed(self.cfg.seed + self.state.iteration)  # a restarted iteration samples the same
-        responses = generate(
-            self.policy.lm, prompts, self.cfg.response_length, self.tokenizer.eos_token_id, greedy=False
-        )
+        with self._precision():
+            responses = generate(
+                self.policy.lm, prompts, self.cfg.response_length, self.tokenizer.eos_token_id, greedy=False
+            )
         return [
             Rollout(
                 e.response_id,
@@ -224,8 +258,12 @@ class Learner:
             stop.wait(cfg.reward_wait_s)
             return None
         m.WAITING_FOR_REWARD_MODEL.set(0)
-        # 4. PPO
+        # 4. PPO, on every rank
         with m.stage("update"):
+            if self.ranks.distributed:
+                self.ranks.broadcast(
+                    Step(rollouts, scores.rewards, scores.reward_model_version, state.iteration)
+                )
             stats = self.trainer.step(rollouts, scores.rewards, scores.reward_model_version, state.iteration)
         state.iteration += 1
         state.kl_coef = stats.kl_coef
@@ -238,7 +276,7 @@ class Learner:
         self._remember(state.response_ids)
         # 5. gates, as a pending verdict
         if state.iteration % cfg.publish_every == 0:
-            with m.stage("gates"):
+            with m.stage("gates"), self._precision():
                 report = gates.evaluate(
                     self.policy.lm,
                     self.trainer.reference,
@@ -369,12 +407,15 @@ class Learner:
             m.ROLLOUTS_DROPPED.labels(reason).inc(n)
 
     def run(self, stop: threading.Event | None = None) -> LearnerState:
-        """Iterate until ``cfg.max_iterations`` (counted across restarts) or until ``stop`` is set."""
+        """Iterate until ``cfg.max_iterations`` (counted across restarts) or until ``stop`` is set; then
+        stop the other ranks, if any."""
         stop = stop or threading.Event()
         while (
             self.cfg.max_iterations is None or self.state.iteration < self.cfg.max_iterations
         ) and not stop.is_set():
             self.iterate(stop)
+        if self.ranks.distributed:
+            self.ranks.broadcast(Stop())
         return self.state
 
     def close(self) -> None:
@@ -382,3 +423,21 @@ class Learner:
         self.reader.close()
         self.policy_topic.close()
         self.reward.close()
+
+
+def run_worker(cfg: LearnerConfig, ranks: Ranks, device: torch.device) -> int:
+    """Ranks 1.. of a torchrun job: the policy, reference and optimizer, trained in step with rank 0 until
+    it stops (learner/distributed.py); returns the iterations trained.
+
+    The first rank of each machine also answers ``/metrics`` on ``cfg.metrics_port``, with no series (a
+    probe target and an ``up`` for Prometheus): the learner's series come from rank 0 alone.
+    """
+    if ranks.local_rank == 0:
+        start_http_server(cfg.metrics_port, registry=CollectorRegistry())
+    # Version 0 everywhere: the trunk is the SFT model's on every version, and rank 0's Sync brings the
+    # trained part. The reference is v0's top, copied here before anything trains it.
+    policy = PolicyWithValueHead(
+        load_lm(cfg.init_model, trainable=False, device=device), cfg.trainable_layers
+    )
+    trainer = PPOTrainer(cfg, policy, ReferenceTop(policy.lm, policy), ranks)
+    return serve(ranks, trainer)

@@ -33,13 +33,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.masking_utils import create_causal_mask
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from proto.device import float32_region
 
-def load_lm(path: Path, trainable: bool) -> PreTrainedModel:
-    """Load a causal LM in float32 (dropout off: PPO's ratio must compare like with like, as in TRL).
+
+def load_lm(path: Path, trainable: bool, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """Load a causal LM in float32 onto ``device`` (dropout off: PPO's ratio must compare like with like,
+    as in TRL). Weights stay float32 on every device; bf16 is autocast (proto/device.py).
 
     ``trainable=False`` freezes every parameter (the reference model).
     """
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     lm.eval()
     lm.requires_grad_(trainable)
     return lm
@@ -72,6 +75,17 @@ class TokenBatch:
     responses: torch.Tensor
     mask: torch.Tensor
     prompt_width: int
+
+    def to(self, device: torch.device) -> "TokenBatch":
+        """The same batch with every tensor on ``device``."""
+        return TokenBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.responses.to(device),
+            self.mask.to(device),
+            self.prompt_width,
+        )
 
     def __getitem__(self, rows: torch.Tensor) -> "TokenBatch":
         """The sub-batch of ``rows`` (a ``(b,)`` index tensor)."""
@@ -152,8 +166,15 @@ def top_response_hidden(
     return hidden[:, P - 1 : P - 1 + T]  # (B, T, H)
 
 
+def lm_head_float32(lm: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """``lm``'s LM head on ``hidden`` ``(..., H)`` in float32 even under bf16 autocast: ``(..., V)`` float32
+    logits, whose log-softmax PPO's ratio and the KL need to better than bf16's 3 digits."""
+    with float32_region(hidden.device):
+        return lm.lm_head(hidden.float())
+
+
 def response_logits(lm: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
-    """Next-token logits of a whole causal LM at each response position: ``(B, T, V)``."""
+    """Next-token logits of a whole causal LM at each response position: ``(B, T, V)`` float32."""
     out = lm.model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -161,7 +182,7 @@ def response_logits(lm: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
         use_cache=False,
     )
     P, T = batch.prompt_width, batch.responses.shape[1]
-    return lm.lm_head(out.last_hidden_state[:, P - 1 : P - 1 + T])
+    return lm_head_float32(lm, out.last_hidden_state[:, P - 1 : P - 1 + T])
 
 
 class PolicyWithValueHead(nn.Module):
@@ -183,7 +204,7 @@ class PolicyWithValueHead(nn.Module):
         lm.requires_grad_(False)
         for module in (*lm.model.layers[self.frozen_layers :], lm.model.norm):
             module.requires_grad_(True)
-        self.value_head = nn.Linear(lm.config.hidden_size, 1)
+        self.value_head = nn.Linear(lm.config.hidden_size, 1, device=lm.device)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
@@ -197,8 +218,9 @@ class PolicyWithValueHead(nn.Module):
 
     def forward(self, batch: TokenBatch, trunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = top_response_hidden(self.lm, self.top_layers, self.lm.model.norm, batch, trunk)  # (B, T, H)
-        logits = self.lm.lm_head(hidden)  # (B, T, V)
-        values = self.value_head(hidden).squeeze(-1)  # (B, T)
+        logits = lm_head_float32(self.lm, hidden)  # (B, T, V) float32
+        with float32_region(hidden.device):
+            values = self.value_head(hidden.float()).squeeze(-1)  # (B, T) float32
         return logits, values
 
 
@@ -235,7 +257,7 @@ class ReferenceTop(nn.Module):
     def forward(self, batch: TokenBatch, trunk: torch.Tensor) -> torch.Tensor:
         """Reference logits ``(B, T, V)`` at each response position, from the shared ``trunk``."""
         lm = self.policy_lm[0]
-        return lm.lm_head(top_response_hidden(lm, self.layers, self.norm, batch, trunk))
+        return lm_head_float32(lm, top_response_hidden(lm, self.layers, self.norm, batch, trunk))
 
     @torch.no_grad()
     def logits(self, batch: TokenBatch) -> torch.Tensor:
@@ -252,12 +274,13 @@ def generate(
     Sampling draws from π itself: temperature 1 and no top-k/top-p truncation (transformers' default
     top_k=50 would make the behaviour policy differ from the π whose log-probs PPO uses). Each response
     runs through its first EOS (included) or stops at ``max_new_tokens``. Returns token-id lists.
+    Runs on ``lm``'s device.
     """
     P = max(map(len, prompts))
-    input_ids = torch.full((len(prompts), P), eos_id, dtype=torch.long)
+    input_ids = torch.full((len(prompts), P), eos_id, dtype=torch.long, device=lm.device)
     attention_mask = torch.zeros_like(input_ids)
     for i, p in enumerate(prompts):
-        input_ids[i, P - len(p) :] = torch.tensor(p)
+        input_ids[i, P - len(p) :] = torch.tensor(p, device=lm.device)
         attention_mask[i, P - len(p) :] = 1
     sampling = {} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     config = GenerationConfig(

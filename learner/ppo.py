@@ -103,7 +103,7 @@ def kl_penalized_rewards(
     kl = (logprobs - ref_logprobs) * mask  # (B, T)
     rewards = -kl_coef * kl  # (B, T)
     last = mask.sum(1) - 1  # (B,) index of each response's final token
-    rewards[torch.arange(rewards.shape[0]), last] += scores
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
     return rewards, kl
 
 

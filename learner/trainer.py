@@ -15,8 +15,17 @@ Steps, numbered as in the code:
    loss on the cached trunk, gradients accumulated over micro-batches, global norm clipped, one Adam step
    per minibatch;
 6. the KL controller adapts β to the batch's KL (Ziegler et al. 2019 eq. 2).
+
+Devices and ranks. Every tensor lives on the policy's device; ``dtype="bfloat16"`` runs the forward passes
+under autocast (proto/device.py). Under torchrun (learner/distributed.py) every rank calls :meth:`step` on
+the same batch: the experience pass's micro-batches and each minibatch's micro-batches are dealt
+round-robin across ranks, exactly the micro-batches one process would run. The experience tensors are
+summed across ranks, so steps 2–4 and 6 (whitening, the reward normaliser, β) see the whole batch,
+identically on every rank; gradients are all-reduced by DistributedDataParallel over the trained part
+only. One process (``WORLD_SIZE`` unset) runs the same code with no collective.
 """
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,8 +33,13 @@ import torch
 
 from learner import ppo
 from learner.config import LearnerConfig
+from learner.distributed import SINGLE, Ranks, data_parallel
 from learner.model import PolicyWithValueHead, ReferenceTop, TokenBatch, pack
 from learner.rollout import Rollout
+from proto.device import autocast
+
+# Loss statistics averaged over an iteration's micro-batches (IterationStats fields).
+LOSS_STATS = ("policy_loss", "value_loss", "value_clip_fraction", "clip_fraction", "approx_kl", "ratio_mean")
 
 
 @dataclass
@@ -82,16 +96,34 @@ class IterationStats:
 
 class PPOTrainer:
     """Owns the policy (with value head), the frozen reference top, the optimizer, the KL controller and
-    the per-reward-model-version score normaliser."""
+    the per-reward-model-version score normaliser.
 
-    def __init__(self, cfg: LearnerConfig, policy: PolicyWithValueHead, reference: ReferenceTop):
+    ``ranks``: this process's place among torchrun's ranks (:data:`learner.distributed.SINGLE` for one
+    process). With more than one, the trained part is wrapped in DistributedDataParallel here, a collective:
+    every rank must construct its trainer at the same point.
+    """
+
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        policy: PolicyWithValueHead,
+        reference: ReferenceTop,
+        ranks: Ranks = SINGLE,
+    ):
         self.cfg = cfg
         self.policy = policy
         self.reference = reference
+        self.ranks = ranks
+        self.device = policy.lm.device
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)
         self.kl_ctl = ppo.KLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.normalizer = ppo.RewardNormalizer()
+        # What the update's forward/backward runs through: the policy itself, or its DDP wrapper.
+        self.model = data_parallel(policy, ranks) if ranks.distributed else policy
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.cfg.dtype)
 
     def _chunks(self, rows: torch.Tensor) -> list[torch.Tensor]:
         step = self.cfg.micro_batch_size
@@ -100,27 +132,31 @@ class PPOTrainer:
     @torch.no_grad()
     def make_experience(self, rollouts: list[Rollout], scores: torch.Tensor) -> tuple[Experience, dict]:
         """Steps 1–4 for ``rollouts`` and their ``(B,)`` float32 normalised ``scores``."""
-        batch = pack([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts])
+        batch = pack([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts]).to(self.device)
         B, T = batch.responses.shape
         mask = batch.mask  # (B, T)
+        dev = self.device
 
-        # 1. trunk once; log π_θk, V(s_t) and log π_ref of the sampled tokens on it
-        trunk = torch.zeros(B, batch.input_ids.shape[1], self.policy.lm.config.hidden_size)  # (B, P+T, H)
-        logprobs, values, ref_logprobs, entropy = (torch.zeros(B, T) for _ in range(4))
-        exact_kl = torch.zeros(B)
-        for rows in self._chunks(torch.arange(B)):
+        # 1. trunk once; log π_θk, V(s_t) and log π_ref of the sampled tokens on it. With several ranks each
+        # runs its share of the micro-batches and the sums below fill in the rest (zeros elsewhere).
+        trunk = torch.zeros(B, batch.input_ids.shape[1], self.policy.lm.config.hidden_size, device=dev)
+        logprobs, values, ref_logprobs, entropy = (torch.zeros(B, T, device=dev) for _ in range(4))
+        exact_kl = torch.zeros(B, device=dev)
+        for rows in self.ranks.mine(self._chunks(torch.arange(B))):
             sub = batch[rows]
-            trunk[rows] = self.policy.trunk(sub)
-            logits, v = self.policy(sub, trunk[rows])  # (b, T, V), (b, T)
+            with self._precision():
+                trunk[rows] = self.policy.trunk(sub)  # (b, P+T, H)
+                logits, v = self.policy(sub, trunk[rows])  # (b, T, V), (b, T)
+                ref_logits = self.reference(sub, trunk[rows])  # (b, T, V)
             logprobs[rows] = ppo.logprobs_of(logits, sub.responses)
             entropy[rows] = ppo.entropy_of(logits)
-            values[rows] = v
-            ref_logits = self.reference(sub, trunk[rows])  # (b, T, V)
+            values[rows] = v.float()
             ref_logprobs[rows] = ppo.logprobs_of(ref_logits, sub.responses)
             exact_kl[rows] = ppo.exact_kl(logits, ref_logits, sub.mask)
+        self.ranks.all_reduce_sum(trunk, logprobs, values, ref_logprobs, entropy, exact_kl)
 
         # 2. truncated importance weights of tokens another policy sampled
-        weights = torch.ones(B, T)
+        weights = torch.ones(B, T, device=dev)
         live = [i for i, r in enumerate(rollouts) if r.behaviour_logprobs is not None]
         behaviour_gap = truncated_fraction = None
         if live:
@@ -128,6 +164,7 @@ class PPOTrainer:
             behaviour = torch.zeros(len(live), T)
             for j, i in enumerate(live):
                 behaviour[j, : len(rollouts[i].response_ids)] = torch.tensor(rollouts[i].behaviour_logprobs)
+            behaviour = behaviour.to(dev)
             weights[rows] = ppo.truncated_importance_weights(logprobs[rows], behaviour, self.cfg.tis_cap)
             behaviour_gap = float(ppo.masked_mean((logprobs[rows] - behaviour).abs(), mask[rows]))
             truncated_fraction = float(
@@ -155,48 +192,62 @@ class PPOTrainer:
     def update(self, exp: Experience, seed: int) -> dict:
         """Step 5: ``ppo_epochs`` passes of minibatch Adam steps on ``exp``; returns mean loss statistics.
 
-        ``seed`` fixes the minibatch shuffles, so a restarted iteration repeats them.
+        ``seed`` fixes the minibatch shuffles, so a restarted iteration repeats them (and every rank draws
+        the same ones: the generator is on the CPU, whatever the device).
         """
-        cfg = self.cfg
+        cfg, ranks = self.cfg, self.ranks
         B = exp.batch.responses.shape[0]
         gen = torch.Generator().manual_seed(seed)
-        sums: dict[str, float] = {}
+        # Every key from the start: a rank dealt no micro-batch still sums the same statistics as the others.
+        sums = dict.fromkeys(LOSS_STATS, 0.0)
         n_micro, grad_norms = 0, []
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=gen)
             for start in range(0, B, cfg.minibatch_size):
                 minibatch = perm[start : start + cfg.minibatch_size]
-                for rows in self._chunks(minibatch):
-                    mask = exp.batch.mask[rows]  # (b, T)
-                    logits, values = self.policy(exp.batch[rows], exp.trunk[rows])  # (b, T, V), (b, T)
-                    logprobs = ppo.logprobs_of(logits, exp.batch.responses[rows])  # (b, T)
-                    pg = ppo.policy_loss(
-                        logprobs,
-                        exp.old_logprobs[rows],
-                        exp.advantages[rows],
-                        mask,
-                        cfg.clip_range,
-                        exp.weights[rows],
-                    )
-                    vf, vf_clip = ppo.value_loss(
-                        values, exp.values[rows], exp.returns[rows], mask, cfg.clip_range_value
-                    )
-                    loss = pg.loss + cfg.vf_coef * vf
-                    # each micro-batch's share of its minibatch's mean loss
-                    (loss * len(rows) / len(minibatch)).backward()
-                    for key, val in (
-                        ("policy_loss", pg.loss.detach()),
-                        ("value_loss", vf.detach()),
-                        ("value_clip_fraction", vf_clip),
-                        ("clip_fraction", pg.clip_fraction),
-                        ("approx_kl", pg.approx_kl),
-                        ("ratio_mean", pg.ratio_mean),
+                micro = self._chunks(minibatch)
+                # Every rank joins each minibatch's one gradient all-reduce; a rank dealt no micro-batch runs
+                # the first one with weight 0 (DDP needs a backward from every rank).
+                work = [(rows, True) for rows in ranks.mine(micro)] or [(micro[0], False)]
+                for k, (rows, counted) in enumerate(work):
+                    last = k == len(work) - 1
+                    # all-reduce once per minibatch, on its last backward
+                    with contextlib.nullcontext() if last or not ranks.distributed else self.model.no_sync():
+                        mask = exp.batch.mask[rows]  # (b, T)
+                        with self._precision():
+                            logits, values = self.model(exp.batch[rows], exp.trunk[rows])  # (b, T, V), (b, T)
+                        logprobs = ppo.logprobs_of(logits, exp.batch.responses[rows])  # (b, T)
+                        pg = ppo.policy_loss(
+                            logprobs,
+                            exp.old_logprobs[rows],
+                            exp.advantages[rows],
+                            mask,
+                            cfg.clip_range,
+                            exp.weights[rows],
+                        )
+                        vf, vf_clip = ppo.value_loss(
+                            values.float(), exp.values[rows], exp.returns[rows], mask, cfg.clip_range_value
+                        )
+                        loss = pg.loss + cfg.vf_coef * vf
+                        # each micro-batch's share of its minibatch's mean loss
+                        share = loss * len(rows) / len(minibatch)
+                        if ranks.distributed:
+                            # DDP averages the ranks' gradients; the minibatch's gradient is their sum
+                            share = share * (ranks.world_size if counted else 0.0)
+                        share.backward()
+                    if not counted:
+                        continue
+                    for key, val in zip(
+                        LOSS_STATS,
+                        (pg.loss, vf, vf_clip, pg.clip_fraction, pg.approx_kl, pg.ratio_mean),
+                        strict=True,
                     ):
-                        sums[key] = sums.get(key, 0.0) + val.item()
+                        sums[key] += val.item()
                     n_micro += 1
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+        sums, n_micro = ranks.sum_stats(sums, n_micro)
         stats = {k: v / n_micro for k, v in sums.items()}
         stats["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return stats
@@ -207,7 +258,8 @@ class PPOTrainer:
         """PPO iteration number ``iteration`` (steps 1–6) on rollouts scored by ``reward_model_version``."""
         start = time.monotonic()
         raw = torch.tensor(scores, dtype=torch.float32)
-        exp, info = self.make_experience(rollouts, self.normalizer(raw, reward_model_version))
+        normalized = self.normalizer(raw, reward_model_version).to(self.device)
+        exp, info = self.make_experience(rollouts, normalized)
         stats = self.update(exp, seed=self.cfg.seed + iteration)
         # 6. adapt β toward the target KL, counting this batch's responses
         kl_coef = self.kl_ctl.update(info["kl"], len(rollouts))

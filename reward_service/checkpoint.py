@@ -148,7 +148,9 @@ class CheckpointStore:
     def load_optimizer_state(self, version: int) -> dict | None:
         """The optimizer ``state_dict`` saved with ``version``, or ``None`` (v0 has none)."""
         path = self.path(version) / OPTIMIZER
-        return torch.load(path, weights_only=True) if path.exists() else None
+        # map_location: moments saved on a GPU load on any machine; AdamW's load_state_dict moves them to
+        # their parameters' device.
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
     def prune(self, keep: int) -> None:
         """Delete the weights of all but the ``keep`` newest versions (their ``state.json`` stays)."""

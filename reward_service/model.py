@@ -25,6 +25,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
 
+from proto.device import float32_region
+
 Messages = Sequence[dict[str, str]]
 # Finish reasons of a response that ended before the policy closed its turn (Interaction.finish_reason).
 CUT_OFF = frozenset({"length", "abort"})
@@ -127,6 +129,11 @@ class RewardModel(nn.Module):
         return {name for name, _ in self.named_parameters() if name.startswith(prefixes)}
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are: inputs go there."""
+        return self.head.weight.device
+
+    @property
     def boundary(self) -> int:
         """Index of the first trained decoder layer: layers below it form the frozen trunk."""
         return self.backbone.config.num_hidden_layers - self.trainable_layers
@@ -135,7 +142,7 @@ class RewardModel(nn.Module):
         """Decoder ``layers`` over right-padded ``hidden`` (B, T, H), as ``LlamaModel.forward`` runs them:
         causal mask with padding, rotary position embeddings of positions 0 … T-1. Returns (B, T, H)."""
         width = hidden.shape[1]
-        positions = torch.arange(width)[None, :]  # (1, T)
+        positions = torch.arange(width, device=hidden.device)[None, :]  # (1, T)
         attention_mask = (positions < lengths[:, None]).long()  # (B, T)
         mask = create_causal_mask(
             config=self.backbone.config,
@@ -155,7 +162,8 @@ class RewardModel(nn.Module):
     def trunk(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The frozen part: embeddings and the decoder layers below :attr:`boundary`, without gradients.
 
-        ``input_ids``: (B, T) int64 right-padded; ``lengths``: (B,) int64. Returns (B, T, H) float32. A row's
+        ``input_ids``: (B, T) int64 right-padded; ``lengths``: (B,) int64, both on :attr:`device`. Returns
+        (B, T, H) float32 (bf16 under autocast, see proto/device.py). A row's
         first ``length`` positions depend on that row's tokens only (causal attention, padding after them),
         so they can be cached per sequence and re-padded into any later batch.
         """
@@ -169,8 +177,9 @@ class RewardModel(nn.Module):
         (B,) int64, each in [1, T]. Returns (B,) float32, with gradients to the trained tensors.
         """
         hidden = self._run_layers(hidden, lengths, self.backbone.layers[self.boundary :])
-        last = hidden[torch.arange(hidden.shape[0]), lengths - 1]  # (B, H)
-        return self.head(self.backbone.norm(last)).squeeze(-1)  # (B,); RMSNorm is per position
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]  # (B, H)
+        with float32_region(hidden.device):  # the scalar head in float32, also under bf16 autocast
+            return self.head(self.backbone.norm(last.float())).squeeze(-1)  # (B,); RMSNorm is per position
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Rewards of right-padded sequences.
@@ -181,9 +190,12 @@ class RewardModel(nn.Module):
         return self.top(self.trunk(input_ids, lengths), lengths)
 
     def overlay(self) -> dict[str, torch.Tensor]:
-        """The trained tensors (name → tensor), i.e. what a checkpoint stores on top of the base model."""
+        """The trained tensors (name → tensor), i.e. what a checkpoint stores on top of the base model; on
+        the CPU whatever the model's device, so a checkpoint written on a GPU loads anywhere."""
         trainable = self.trainable_names()
-        return {name: p.detach().contiguous() for name, p in self.named_parameters() if name in trainable}
+        return {
+            name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if name in trainable
+        }
 
     def save_overlay(self, path: Path) -> None:
         """Write :meth:`overlay` as safetensors to ``path``."""
@@ -205,7 +217,7 @@ class RewardModel(nn.Module):
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, tensor in tensors.items():
-                params[name].copy_(tensor)
+                params[name].copy_(tensor)  # read on the CPU, copied to the parameter's device
 
 
 def load_tokenizer(base_model: Path) -> PreTrainedTokenizerBase:
@@ -213,15 +225,19 @@ def load_tokenizer(base_model: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(base_model))
 
 
-def load_reward_model(base_model: Path, trainable_layers: int, overlay: Path | None = None) -> RewardModel:
-    """Build the reward model from the SFT model directory, optionally with a checkpoint's overlay.
+def load_reward_model(
+    base_model: Path, trainable_layers: int, overlay: Path | None = None, device: torch.device | str = "cpu"
+) -> RewardModel:
+    """Build the reward model from the SFT model directory on ``device``, optionally with a checkpoint's
+    overlay.
 
-    Weights are float32 (exact on CPU; bf16 would double throughput but quantise rewards). The model is
-    returned in eval mode (Llama has no dropout, so train and eval compute the same function).
+    Weights are float32 on every device (bf16 is mixed precision by setting, proto/device.py: pure bf16
+    weights would quantise rewards and lose small AdamW steps). The model is returned in eval mode (Llama
+    has no dropout, so train and eval compute the same function).
     """
     # SDPA explicitly: RewardModel runs the decoder layers itself and builds the mask for this backend.
     backbone = AutoModel.from_pretrained(str(base_model), dtype=torch.float32, attn_implementation="sdpa")
-    model = RewardModel(backbone, trainable_layers)
+    model = RewardModel(backbone, trainable_layers).to(device)
     if overlay is not None:
         model.load_overlay(overlay)
     return model.eval()

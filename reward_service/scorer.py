@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from proto.device import autocast, resolve_device
 from reward_service.checkpoint import OVERLAY, CheckpointStore, HeldOut
 from reward_service.metrics import RewardMetrics
 from reward_service.model import ChatEncoder, Messages, load_reward_model, load_tokenizer
@@ -46,8 +47,9 @@ class Scorer:
             raise FileNotFoundError(f"no reward-model checkpoint in {checkpoints.root}")
         state = checkpoints.state(version)
         self.encoder = ChatEncoder(load_tokenizer(settings.base_model), settings.max_context_tokens)
+        self.device = resolve_device(settings.device)
         self.model = load_reward_model(
-            settings.base_model, state.trainable_layers, checkpoints.path(version) / OVERLAY
+            settings.base_model, state.trainable_layers, checkpoints.path(version) / OVERLAY, self.device
         )
         self.version = version
         self.heldout = state.heldout
@@ -87,12 +89,13 @@ class Scorer:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         rewards = [0.0] * len(encoded)
         started = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), autocast(self.device, self.settings.dtype):
             version, heldout = self.version, self.heldout
             for start in range(0, len(order), self.settings.score_micro_batch):
                 chunk = order[start : start + self.settings.score_micro_batch]
                 input_ids, lengths = self.encoder.collate([encoded[i] for i in chunk])
-                for i, reward in zip(chunk, self.model(input_ids, lengths).tolist(), strict=True):
+                scores = self.model(input_ids.to(self.device), lengths.to(self.device)).float().tolist()
+                for i, reward in zip(chunk, scores, strict=True):
                     rewards[i] = reward
         self.metrics.scoring_latency.labels(source).observe(time.perf_counter() - started)
         for reward in rewards:

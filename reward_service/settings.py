@@ -6,8 +6,10 @@ state directory from ``RLHF_STATE_DIR`` (default ``<repo>/.state``), shared with
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from proto.device import DType, check_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -43,6 +45,16 @@ class Settings(BaseSettings):
     group_id: str = Field("rlhf-reward", description="Kafka consumer group")
     poll_timeout_ms: int = Field(500, ge=1, description="longest wait of one poll, ms")
     poll_max_records: int = Field(256, ge=1, description="most records handled between two training steps")
+
+    # Device and precision (proto/device.py): the trainer and the scorer share them.
+    device: str = Field(
+        "auto", description="auto (CUDA when torch.cuda.is_available(), else CPU), cpu, cuda or cuda:<index>"
+    )
+    dtype: DType = Field(
+        "float32",
+        description="float32, or bfloat16 mixed precision (the decoder layers' matmuls under torch.autocast;"
+        " weights, AdamW moments, the scalar head and rewards stay float32)",
+    )
 
     # Model and optimisation.
     trainable_layers: int = Field(
@@ -102,6 +114,11 @@ class Settings(BaseSettings):
     join_timeout_s: float = Field(3600.0, gt=0, description="how long a vote waits for its interaction, s")
     max_pending_votes: int = Field(10_000, ge=1, description="most votes waiting for their interaction")
     max_interactions: int = Field(100_000, ge=1, description="most interactions kept for later votes")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _default_base_model(self) -> "Settings":

@@ -15,8 +15,17 @@ Each step (numbered as in the code):
 Only the top ``trainable_layers`` of the backbone are trained, so the trunk's output for a token sequence
 never changes: it is computed once per sequence and cached, which makes re-scoring the held-out set at every
 checkpoint (and re-reading a pair's older response) cost only the top layers.
+
+Everything runs on the model's device (the cache too); ``dtype="bfloat16"`` runs the forward passes under
+autocast (proto/device.py), the losses and rewards stay float32.
+
+One process is enough for this trainer, on any cluster: it learns from votes, which arrive at human speed
+(the main job's ~15 a minute), and on two shared CPU cores it already trains every vote within a minute of
+its arrival (reward_service/README.md); a GPU only widens that margin. Scoring, the part that grows with traffic, scales
+by adding scoring-only replicas (``rlhf-reward serve --no-train``) that follow the checkpoints.
 """
 
+import contextlib
 import hashlib
 from array import array
 from collections import OrderedDict
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from proto.device import DType, autocast
 from reward_service import losses
 from reward_service.checkpoint import HeldOut
 from reward_service.model import ChatEncoder, RewardModel
@@ -118,8 +128,11 @@ class Trainer:
         down_trained: int = 0,
         micro_batch_tokens: int = 1024,
         trunk_cache_bytes: int = 256 << 20,
+        dtype: DType = "float32",
     ):
         self.model = model
+        self.device = model.device
+        self.dtype = dtype
         self.encoder = encoder
         self.pairwise_weight = pairwise_weight
         self.micro_batch_tokens = micro_batch_tokens
@@ -142,6 +155,9 @@ class Trainer:
         for group, lr in zip(self.optimizer.param_groups, self._learning_rates, strict=True):
             group["lr"] = lr
 
+    def _precision(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.dtype)
+
     def _encode(self, example: Example) -> list[int]:
         return self.encoder.encode(example.messages, example.response, example.finish_reason)
 
@@ -158,7 +174,9 @@ class Trainer:
         for chunk in pack([(1, len(sequences[i])) for i in firsts], self.micro_batch_tokens):
             rows = [firsts[c] for c in chunk]
             input_ids, lengths = self.encoder.collate([sequences[i] for i in rows])
-            hidden = self.model.trunk(input_ids, lengths)  # (b, T, H), no gradients
+            input_ids, lengths = input_ids.to(self.device), lengths.to(self.device)
+            with self._precision():
+                hidden = self.model.trunk(input_ids, lengths)  # (b, T, H), no gradients
             for row, i in enumerate(rows):
                 h = hidden[row, : len(sequences[i])].clone()  # not a view: the padded batch is freed
                 self.cache.put(keys[i], h)
@@ -167,20 +185,23 @@ class Trainer:
         return out  # type: ignore[return-value]
 
     def _top(self, hidden: list[torch.Tensor]) -> torch.Tensor:
-        """Rewards (b,) of trunk outputs ``hidden`` (each (L, H)): right-padded into one batch, through
-        the trained layers and the head, with gradients when enabled."""
-        lengths = torch.tensor([h.shape[0] for h in hidden], dtype=torch.long)
-        padded = hidden[0].new_zeros(len(hidden), int(lengths.max()), hidden[0].shape[1])  # (b, T, H)
+        """Rewards (b,) float32 of trunk outputs ``hidden`` (each (L, H)): right-padded into one batch,
+        through the trained layers and the head, with gradients when enabled."""
+        widths = [h.shape[0] for h in hidden]
+        lengths = torch.tensor(widths, dtype=torch.long, device=self.device)
+        padded = hidden[0].new_zeros(len(hidden), max(widths), hidden[0].shape[1])  # (b, T, H)
         for row, h in enumerate(hidden):
             padded[row, : h.shape[0]] = h
-        return self.model.top(padded, lengths)
+        with self._precision():
+            return self.model.top(padded, lengths).float()
 
     def step(self, votes: list[Example], pairs: list[Pair]) -> StepResult:
         """Train once on ``votes`` (≥ 1) and ``pairs`` (any number, drawn from the same stream)."""
         self.up_trained += sum(v.up for v in votes)
         self.down_trained += sum(not v.up for v in votes)
         up = torch.tensor([v.up for v in votes])  # (B,) bool
-        weights = losses.class_balance_weights(up, self.up_trained, self.down_trained)  # (B,)
+        weights = losses.class_balance_weights(up, self.up_trained, self.down_trained).to(self.device)  # (B,)
+        up = up.to(self.device)
         # 1. distinct responses, grouped so that both responses of a pair land in one micro-batch.
         examples = {e.response_id: e for e in (*votes, *(x for p in pairs for x in (p.chosen, p.rejected)))}
         sequences = {rid: self._encode(e) for rid, e in examples.items()}
@@ -208,7 +229,7 @@ class Trainer:
             r = dict(zip(ids, self._top(self._trunk([sequences[rid] for rid in ids])), strict=True))
             # 3. this micro-batch's share of the step's loss.
             rows = [i for i, v in enumerate(votes) if v.response_id in in_batch]
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=self.device)
             if rows:
                 part = losses.pointwise_loss(
                     torch.stack([r[votes[i].response_id] for i in rows]), up[rows], weights[rows]
@@ -236,7 +257,7 @@ class Trainer:
         hidden = self._trunk([self._encode(e) for e in examples])
         rewards = torch.zeros(len(examples))
         for chunk in pack([(1, h.shape[0]) for h in hidden], self.micro_batch_tokens):
-            rewards[chunk] = self._top([hidden[i] for i in chunk])
+            rewards[chunk] = self._top([hidden[i] for i in chunk]).cpu()
         return rewards
 
     def evaluate(self, heldout: list[Example]) -> HeldOut:

@@ -27,6 +27,7 @@ from kafka.structs import OffsetAndMetadata
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_fixed
 
 from proto import topics, wire
+from proto.device import resolve_device
 from proto.topics import KafkaSettings, ensure_topics
 from reward_service.checkpoint import OVERLAY, CheckpointStore, new_state
 from reward_service.metrics import RewardMetrics, cpu_clock
@@ -109,7 +110,10 @@ class StreamWorker(threading.Thread):
         if rolled_back:
             log.info("%d votes trained after checkpoint %d will be trained again", rolled_back, self.version)
         model = load_reward_model(
-            s.base_model, self.state.trainable_layers, self.checkpoints.path(self.version) / OVERLAY
+            s.base_model,
+            self.state.trainable_layers,
+            self.checkpoints.path(self.version) / OVERLAY,
+            resolve_device(s.device),
         )
         self.trainer = Trainer(
             model,
@@ -121,6 +125,7 @@ class StreamWorker(threading.Thread):
             down_trained=self.state.down_trained,
             micro_batch_tokens=s.train_micro_batch_tokens,
             trunk_cache_bytes=s.trunk_cache_mb << 20,
+            dtype=s.dtype,
         )
         optimizer_state = self.checkpoints.load_optimizer_state(self.version)
         if optimizer_state is not None:

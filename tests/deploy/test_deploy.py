@@ -5,7 +5,8 @@
     serving.metrics, learner.metrics and reward_service.metrics, so a renamed or removed metric fails here.
 (b) ``promtool check config``, ``promtool check rules`` and ``promtool test rules`` pass, and every dashboard
     query parses as PromQL (promtool checks it as a recording rule).
-(c) The Kubernetes YAML parses, and every Deployment has probes and resource limits.
+(c) The Kubernetes YAML parses; every workload has probes and resource limits; serving's spool is on a
+    persistent volume; the learner runs torchrun across its StatefulSet's pods.
 
 Needs ``promtool`` (Debian package ``prometheus``, installed by scripts/install.sh). Runs in seconds.
 """
@@ -291,16 +292,19 @@ def k8s_objects() -> list[dict]:
     return objects
 
 
-def test_k8s_manifests_parse_and_deployments_are_complete():
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def test_k8s_manifests_parse_and_workloads_are_complete():
     objects = k8s_objects()
     by_kind: dict[str, dict[str, dict]] = {}
     for o in objects:
         by_kind.setdefault(o["kind"], {})[o.get("metadata", {}).get("name")] = o
-    deployments = by_kind.get("Deployment", {})
-    assert {"rlhf-serving", "rlhf-reward", "rlhf-learner"} <= set(deployments)
+    workloads = {name: w for kind in WORKLOADS for name, w in by_kind.get(kind, {}).items()}
+    assert {"rlhf-serving", "rlhf-reward", "rlhf-learner"} <= set(workloads)
     config_maps = by_kind.get("ConfigMap", {})
     assert config_maps, "no ConfigMap"
-    for name, d in deployments.items():
+    for name, d in workloads.items():
         pod = d["spec"]["template"]
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true", name
         selector = d["spec"]["selector"]["matchLabels"]
@@ -317,10 +321,9 @@ def test_k8s_manifests_parse_and_deployments_are_complete():
             mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
             assert mounts.get("shared") == "/data", f"{where}: the shared volume must be at /data"
     for name in ("rlhf-serving", "rlhf-learner"):
-        limits = deployments[name]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        limits = workloads[name]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert "nvidia.com/gpu" in limits, f"{name} must request a GPU"
-    assert deployments["rlhf-learner"]["spec"]["replicas"] == 1
-    serving = deployments["rlhf-serving"]["spec"]["template"]["spec"]
+    serving = workloads["rlhf-serving"]["spec"]["template"]["spec"]
     container = serving["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -328,19 +331,55 @@ def test_k8s_manifests_parse_and_deployments_are_complete():
     assert "secretKeyRef" in env["RLHF_SERVING_ADMIN_TOKEN"]["valueFrom"]
     # The learner and serving share the checkpoint volume: a ReadWriteMany claim at the same path.
     claims = {v["persistentVolumeClaim"]["claimName"]
-              for d in (deployments["rlhf-serving"], deployments["rlhf-learner"])
+              for d in (workloads["rlhf-serving"], workloads["rlhf-learner"])
               for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "shared"}
     assert len(claims) == 1
     pvc = by_kind["PersistentVolumeClaim"][claims.pop()]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     state_dir = config_maps["rlhf-config"]["data"]["RLHF_STATE_DIR"]
     assert state_dir == "/data"
-    # Services select the Deployments' pods.
+    # Services select some workload's pods.
     for name, svc in by_kind.get("Service", {}).items():
-        pods = [d for d in deployments.values()
+        pods = [d for d in workloads.values()
                 if svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
-        assert pods, f"Service {name} selects no Deployment's pods"
+        assert pods, f"Service {name} selects no workload's pods"
     assert {"rlhf-serving", "rlhf-reward"} <= set(by_kind.get("Service", {}))
+
+
+def test_serving_spool_is_on_a_persistent_volume():
+    """An emptyDir spool loses accepted events when a pod is deleted during a broker outage."""
+    serving = {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == "StatefulSet"}["rlhf-serving"]
+    container = serving["spec"]["template"]["spec"]["containers"][0]
+    data_dir = {e["name"]: e.get("value") for e in container["env"]}["RLHF_SERVING_DATA_DIR"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == data_dir)
+    templates = {t["metadata"]["name"]: t for t in serving["spec"]["volumeClaimTemplates"]}
+    assert mount["name"] in templates, "the spool must come from a volumeClaimTemplate"
+    assert not [v for v in serving["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert templates[mount["name"]]["spec"]["resources"]["requests"]["storage"]
+
+
+def test_learner_runs_torchrun_across_its_pods():
+    objects = k8s_objects()
+    learner = next(o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "rlhf-learner")
+    spec, pod = learner["spec"], learner["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    command = container["command"]
+    assert command[0] == "torchrun" and command[-3:] == ["-m", "learner.cli", "ppo"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # --nnodes and --nproc-per-node come from env vars that must match the replicas and the GPU request.
+    assert flags["nnodes"] == "$(RLHF_LEARNER_NODES)" and int(env["RLHF_LEARNER_NODES"]) == spec["replicas"]
+    assert flags["nproc-per-node"] == "$(RLHF_LEARNER_GPUS_PER_POD)"
+    assert int(env["RLHF_LEARNER_GPUS_PER_POD"]) == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert flags["rdzv-backend"] == "c10d" and "max-restarts" in flags
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1", "restarts need a fresh rendezvous store"
+    # The rendezvous endpoint is pod 0's name under the set's headless service, published before readiness.
+    host, port = flags["rdzv-endpoint"].rsplit(":", 1)
+    assert host == f"{learner['metadata']['name']}-0.{spec['serviceName']}"
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == spec["serviceName"])
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert spec["podManagementPolicy"] == "Parallel"
 
 
 def test_kustomization_lists_every_manifest():
