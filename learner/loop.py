@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -39,7 +40,7 @@ from learner.distributed import SINGLE, Ranks, Step, Stop, serve, snapshot
 from learner.model import PolicyWithValueHead, ReferenceTop, generate, load_lm, load_tokenizer
 from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
-from learner.reward import RewardClient, ScoreRequest
+from learner.reward import RewardClient, ScoreRequest, transient
 from learner.rollout import InteractionReader, Rollout
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
@@ -229,6 +230,31 @@ class Learner:
         self.state.recent_response_ids = ids
         self.recent = set(ids)
 
+    def _gate(self) -> gates.GateReport | None:
+        """The gates' verdict on the current policy, or None when the reward service cannot be reached:
+        the candidate keeps training and is gated at the next ``publish_every``."""
+        state = self.state
+        try:
+            return gates.evaluate(
+                self.policy.lm,
+                self.trainer.reference,
+                self.tokenizer,
+                self.reward,
+                self.heldout,
+                state.baseline_answers,
+                state.anchor_answers,
+                self.canaries,
+                state.anchor_canary_share,
+                self.cfg,
+                seed=self.cfg.seed + state.iteration,
+            )
+        except httpx.HTTPError as exc:
+            if not transient(exc):
+                raise
+            log.warning("reward service unreachable during the gates (%r): gating again later", exc)
+            m.REWARD_SERVICE_UP.set(0)
+            return None
+
     def iterate(self, stop: threading.Event) -> IterationStats | None:
         """Run one iteration (steps 1–8 of the module docstring); None if ``stop`` was set while waiting or
         the reward model is not yet good enough (then after waiting ``reward_wait_s``)."""
@@ -245,9 +271,20 @@ class Learner:
             rollouts = self._rollouts(batch.events)
         # 3. score, and only from a reward model that beats chance on its held-out votes
         with m.stage("score"):
-            scores = self.reward.score(
-                [ScoreRequest(r.prompt_messages, r.response_text, r.finish_reason) for r in rollouts]
-            )
+            try:
+                scores = self.reward.score(
+                    [ScoreRequest(r.prompt_messages, r.response_text, r.finish_reason) for r in rollouts]
+                )
+            except httpx.HTTPError as exc:
+                if not transient(exc):
+                    raise
+                # Down or restarting: the batch goes back to the topic and is read again, nothing is lost.
+                log.warning("reward service unreachable (%r): batch rewound; waiting", exc)
+                m.REWARD_SERVICE_UP.set(0)
+                self.reader.rewind(state.offsets)
+                stop.wait(cfg.reward_wait_s)
+                return None
+        m.REWARD_SERVICE_UP.set(1)
         m.REWARD_MODEL_VERSION.set(scores.reward_model_version)
         m.REWARD_MODEL_ACCURACY.set(
             float("nan") if scores.heldout_balanced_accuracy is None else scores.heldout_balanced_accuracy
@@ -275,21 +312,11 @@ class Learner:
         state.response_ids = [r.response_id for r in rollouts]
         self._remember(state.response_ids)
         # 5. gates, as a pending verdict
+        report = None
         if state.iteration % cfg.publish_every == 0:
             with m.stage("gates"), self._precision():
-                report = gates.evaluate(
-                    self.policy.lm,
-                    self.trainer.reference,
-                    self.tokenizer,
-                    self.reward,
-                    self.heldout,
-                    state.baseline_answers,
-                    state.anchor_answers,
-                    self.canaries,
-                    state.anchor_canary_share,
-                    cfg,
-                    seed=cfg.seed + state.iteration,
-                )
+                report = self._gate()
+        if report is not None:
             state.pending = PendingPublication(
                 report.passed, report.reason, report.kl, report.reward_mean, report.answers, report.changed
             )

@@ -72,6 +72,10 @@ REWARD_MODEL_ACCURACY = Gauge(
 WAITING_FOR_REWARD_MODEL = Gauge(
     "rlhf_learner_waiting_for_reward_model", "1 while PPO waits for a reward model better than chance"
 )
+REWARD_SERVICE_UP = Gauge(
+    "rlhf_learner_reward_service_up",
+    "0 while the reward service cannot be reached (PPO waits; nothing is lost)",
+)
 STAGE_CPU = Counter("rlhf_learner_stage_cpu_seconds", "Process CPU seconds spent per stage", ["stage"])
 
 

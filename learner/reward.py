@@ -34,7 +34,7 @@ class Scores:
     heldout_votes: int
 
 
-def _transient(exc: BaseException) -> bool:
+def transient(exc: BaseException) -> bool:
     """Worth retrying: the service is starting, restarting or overloaded."""
     if isinstance(exc, httpx.TransportError):
         return True
@@ -52,7 +52,7 @@ class RewardClient:
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
 
     @retry(
-        retry=retry_if_exception(_transient),
+        retry=retry_if_exception(transient),
         stop=stop_after_attempt(6),
         wait=wait_exponential(multiplier=0.5, max=10),
         reraise=True,

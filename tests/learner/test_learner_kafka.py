@@ -1,7 +1,9 @@
 """Learner iterations on the real broker and model: a promoted v1 that loads, a rejected version, generate
-mode, temperature-0.7 traffic, redeliveries, and waiting for a reward model better than chance."""
+mode, temperature-0.7 traffic, redeliveries, waiting for a reward model better than chance, and for an
+unreachable reward service."""
 
 import re
+import socket
 import threading
 
 import httpx
@@ -13,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner.checkpoint import PendingPublication
 from learner.loop import Learner
+from learner.reward import RewardClient
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import local_dir, weights_sha256
@@ -239,5 +242,30 @@ def test_no_ppo_until_the_reward_model_beats_chance(tmp_path, fresh_kafka, score
         assert learner.state.reward_model_trusted  # later dips of a noisy held-out set do not stop PPO
     finally:
         SCORER.update(saved)
+        learner.close()
+    assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)
+
+
+def test_an_unreachable_reward_service_is_waited_for_not_fatal(
+    tmp_path, fresh_kafka, scorer, make_interactions
+):
+    events = make_interactions(4)
+    produce(fresh_kafka, events)
+    with socket.socket() as s:  # a port nothing listens on: connection refused, as after a kill -9
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    cfg = small_config(tmp_path / "state", dead, tmp_path / "prompts", publish_every=1000, reward_wait_s=0.1)
+    learner = Learner(cfg, fresh_kafka)
+    try:
+        assert learner.iterate(threading.Event()) is None  # after the client's retries, not an exception
+        metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
+        assert _metric(metrics, "rlhf_learner_reward_service_up") == 0
+        assert learner.state.iteration == 0 and learner.state.events_consumed == 0
+        # The service is back (a restart on its port, here the double's): the rewound events are trained.
+        learner.reward = RewardClient(scorer)
+        assert learner.iterate(threading.Event()) is not None
+        metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
+        assert _metric(metrics, "rlhf_learner_reward_service_up") == 1
+    finally:
         learner.close()
     assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)
