@@ -51,6 +51,7 @@ class Service:
         self.env = {**os.environ, **env}
         self.argv = [sys.executable, "-m", module, *args, port_flag, str(port)]
         self.proc: subprocess.Popen | None = None
+        self.restarts = 0
 
     def launch(self) -> "Service":
         """Start the process without waiting for it."""
@@ -80,15 +81,34 @@ class Service:
         return self.launch().wait_ready(ready_path, timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
-        """Send ``sig`` and wait for the process to exit (SIGKILL after ``timeout_s``)."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Send ``sig`` and wait for the process to exit (SIGKILL after ``timeout_s``); then kill what is
+        left of its process group (vLLM's engine-core processes outlive a killed serving otherwise)."""
+        if self.proc is None:
             return
-        self.proc.send_signal(sig)
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._kill_group()
+
+    def _kill_group(self) -> None:
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the group id is its pid
+        except ProcessLookupError:
+            pass
+
+    def exit_code(self) -> int | None:
+        """The process's exit status once it has exited (negative: killed by that signal), else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def restart(self) -> "Service":
+        """After the process died: clear what is left of its process group and launch it again."""
+        self._kill_group()
+        self.restarts += 1
+        return self.launch()
 
 
 def kafka_ctl(action: str, port: int, data_dir: Path) -> None:

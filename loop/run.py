@@ -61,10 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], served: float | None) -> Table:
+def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], served: float | None,
+                   services: str = "") -> Table:
     """One progress snapshot: votes and thumbs-up rate (Wilson 95% interval) by version, KL, versions promoted
-    and rejected. ``elapsed`` in seconds; ``learner`` is the learner's scraped /metrics; ``served`` the version
-    serving reports now."""
+    and rejected. ``elapsed`` in seconds; ``learner`` is the learner's scraped /metrics (empty when it does
+    not answer); ``served`` the version serving reports now; ``services`` a line on restarted services."""
     t = Table(title=f"t={elapsed:.0f}s  votes={stats.votes}  errors={stats.errors}  serving v{served:.0f}"
               if served is not None else f"t={elapsed:.0f}s  votes={stats.votes}", title_justify="left")
     for col in ("policy version", "responses", "votes", "thumbs-up [95% CI]", "mean words"):
@@ -79,7 +80,12 @@ def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], 
                  f"rejected {g('rlhf_learner_versions_rejected_total', 0):.0f}; reward model "
                  f"v{g('rlhf_learner_reward_model_version', 0):.0f} held-out balanced accuracy "
                  f"{g('rlhf_learner_reward_model_accuracy', float('nan')):.2f}"
-                 + (" (PPO waits for it to beat chance)" if g("rlhf_learner_waiting_for_reward_model") else ""))
+                 + (" (PPO waits for it to beat chance)" if g("rlhf_learner_waiting_for_reward_model") else "")
+                 + ("; reward service unreachable, PPO waits" if g("rlhf_learner_reward_service_up") == 0 else ""))
+    if not learner:
+        t.caption = "learner: not answering on /metrics (starting, or restarting after a crash)"
+    if services:
+        t.caption += "\n" + services
     return t
 
 
@@ -98,8 +104,40 @@ def start_prometheus(state: Path, log_dir: Path) -> subprocess.Popen | None:
     return proc
 
 
-async def drive(args: argparse.Namespace, serving: Service, learner: Service, stop: asyncio.Event) -> UserStats:
-    """Run the simulated users until ``stop``, printing progress; return their statistics."""
+async def supervise(services: list[Service], stop: asyncio.Event) -> None:
+    """Restart any service that exits before ``stop``, after a delay that doubles with each restart of that
+    service (2 s up to 60 s), so a service that cannot start does not spin. Each one resumes from its own
+    checkpoint and committed offsets, and serving's spool, so nothing accepted is lost."""
+    while not stop.is_set():
+        for svc in services:
+            code = svc.exit_code()
+            if code is None:
+                continue
+            delay = min(2.0 * 2**svc.restarts, 60.0)
+            console.print(f"[bold red]{svc.module} exited with {code}[/bold red] (log: {svc.log_path}); "
+                          f"restarting it in {delay:.0f}s (restart #{svc.restarts + 1})")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+                return
+            except TimeoutError:
+                svc.restart()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+
+
+def services_line(services: list[Service]) -> str:
+    """'' while no service was restarted, else e.g. 'services: serving.cli restarted 1×, learner.cli down'."""
+    parts = [f"{svc.module} {'down' if svc.exit_code() is not None else 'restarted'} {svc.restarts}×"
+             for svc in services if svc.restarts or svc.exit_code() is not None]
+    return "services: " + ", ".join(parts) if parts else ""
+
+
+async def drive(args: argparse.Namespace, services: list[Service], stop: asyncio.Event) -> UserStats:
+    """Run the simulated users until ``stop`` with ``services`` (reward, serving, learner) supervised,
+    printing progress; return their statistics."""
+    _, serving, learner = services
     users = SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), n_users=args.users,
                            max_tokens=args.max_tokens, seed=args.seed)
     started = time.monotonic()
@@ -117,9 +155,10 @@ async def drive(args: argparse.Namespace, serving: Service, learner: Service, st
                 await asyncio.wait_for(stop.wait(), timeout=args.progress_every)
             except TimeoutError:
                 served = scrape(serving.url).get("rlhf_policy_version")
-                console.print(progress_table(time.monotonic() - started, users.stats, scrape(learner.url), served))
+                console.print(progress_table(time.monotonic() - started, users.stats, scrape(learner.url), served,
+                                             services_line(services)))
 
-    await asyncio.gather(users.run(stop), show_progress(), watch_versions())
+    await asyncio.gather(users.run(stop), show_progress(), watch_versions(), supervise(services, stop))
     return users.stats
 
 
@@ -168,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         if args.duration:
             loop.call_later(args.duration, stop.set)
-        loop.run_until_complete(drive(args, serving, learner, stop))
+        loop.run_until_complete(drive(args, services, stop))
         # Serving first: no new events, its spool drains to Kafka. The learner then finishes its iteration
         # (and publishes its verdict) before the report, so the report counts every version.
         console.print("stopping serving, then the learner (it finishes its iteration) ...")
