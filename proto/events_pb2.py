@@ -25,29 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x65vents.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"r\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x8c\x03\n\x0bInteraction\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x04\x12-\n\x0fprompt_messages\x18\x07 \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\r\x12\x15\n\rresponse_text\x18\t \x01(\t\x12\x1a\n\x12response_token_ids\x18\n \x03(\r\x12\x1a\n\x12\x62\x65haviour_logprobs\x18\x0b \x03(\x02\x12)\n\x08sampling\x18\x0c \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12\x15\n\rfinish_reason\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"\xdd\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x1f\n\x06rating\x18\x05 \x01(\x0e\x32\x0f.rlhf.v1.Rating\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x04\x12\x1c\n\x14replaces_feedback_id\x18\x08 \x01(\t\"\x92\x01\n\x06Reward\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x1c\n\x14reward_model_version\x18\x05 \x01(\x04\"\xf5\x01\n\rPolicyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06parent\x18\x02 \x01(\x04\x12\x16\n\x0e\x63heckpoint_uri\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fkl_to_reference\x18\x06 \x01(\x02\x12\x13\n\x0breward_mean\x18\x07 \x01(\x02\x12%\n\x06status\x18\x08 \x01(\x0e\x32\x15.rlhf.v1.PolicyStatus\x12\x0e\n\x06reason\x18\t \x01(\t\":\n\rSpooledRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c*@\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\r\n\tRATING_UP\x10\x01\x12\x0f\n\x0bRATING_DOWN\x10\x02*\xd7\x01\n\x0cPolicyStatus\x12\x1d\n\x19POLICY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17POLICY_STATUS_CANDIDATE\x10\x01\x12\x1a\n\x16POLICY_STATUS_PROMOTED\x10\x02\x12\x1a\n\x16POLICY_STATUS_REJECTED\x10\x03\x12\x1d\n\x19POLICY_STATUS_ROLLED_BACK\x10\x04\x12\x18\n\x14POLICY_STATUS_PINNED\x10\x05\x12\x1a\n\x16POLICY_STATUS_UNPINNED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x65vents.proto\x12\x07rlhf.v1\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xce\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12:\n\nlogit_bias\x18\x08 \x03(\x0b\x32&.rlhf.v1.SamplingParams.LogitBiasEntry\x12\x17\n\x0fresponse_format\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\t\x12\t\n\x01n\x18\x0b \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seed\"\xb9\x03\n\x0bInteraction\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x04\x12-\n\x0fprompt_messages\x18\x07 \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\r\x12\x15\n\rresponse_text\x18\t \x01(\t\x12\x1a\n\x12response_token_ids\x18\n \x03(\r\x12\x1a\n\x12\x62\x65haviour_logprobs\x18\x0b \x03(\x02\x12)\n\x08sampling\x18\x0c \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12\x15\n\rfinish_reason\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x15\n\rcompletion_id\x18\x0f \x01(\t\x12\x14\n\x0c\x63hoice_index\x18\x10 \x01(\r\"\xdd\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x1f\n\x06rating\x18\x05 \x01(\x0e\x32\x0f.rlhf.v1.Rating\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x04\x12\x1c\n\x14replaces_feedback_id\x18\x08 \x01(\t\"\x92\x01\n\x06Reward\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x1c\n\x14reward_model_version\x18\x05 \x01(\x04\"\xf5\x01\n\rPolicyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06parent\x18\x02 \x01(\x04\x12\x16\n\x0e\x63heckpoint_uri\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fkl_to_reference\x18\x06 \x01(\x02\x12\x13\n\x0breward_mean\x18\x07 \x01(\x02\x12%\n\x06status\x18\x08 \x01(\x0e\x32\x15.rlhf.v1.PolicyStatus\x12\x0e\n\x06reason\x18\t \x01(\t\":\n\rSpooledRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c*@\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\r\n\tRATING_UP\x10\x01\x12\x0f\n\x0bRATING_DOWN\x10\x02*\xd7\x01\n\x0cPolicyStatus\x12\x1d\n\x19POLICY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17POLICY_STATUS_CANDIDATE\x10\x01\x12\x1a\n\x16POLICY_STATUS_PROMOTED\x10\x02\x12\x1a\n\x16POLICY_STATUS_REJECTED\x10\x03\x12\x1d\n\x19POLICY_STATUS_ROLLED_BACK\x10\x04\x12\x18\n\x14POLICY_STATUS_PINNED\x10\x05\x12\x1a\n\x16POLICY_STATUS_UNPINNED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RATING']._serialized_start=1300
-  _globals['_RATING']._serialized_end=1364
-  _globals['_POLICYSTATUS']._serialized_start=1367
-  _globals['_POLICYSTATUS']._serialized_end=1582
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_RATING']._serialized_start=1566
+  _globals['_RATING']._serialized_end=1630
+  _globals['_POLICYSTATUS']._serialized_start=1633
+  _globals['_POLICYSTATUS']._serialized_end=1848
   _globals['_CHATMESSAGE']._serialized_start=58
   _globals['_CHATMESSAGE']._serialized_end=102
-  _globals['_SAMPLINGPARAMS']._serialized_start=104
-  _globals['_SAMPLINGPARAMS']._serialized_end=218
-  _globals['_INTERACTION']._serialized_start=221
-  _globals['_INTERACTION']._serialized_end=617
-  _globals['_FEEDBACK']._serialized_start=620
-  _globals['_FEEDBACK']._serialized_end=841
-  _globals['_REWARD']._serialized_start=844
-  _globals['_REWARD']._serialized_end=990
-  _globals['_POLICYVERSION']._serialized_start=993
-  _globals['_POLICYVERSION']._serialized_end=1238
-  _globals['_SPOOLEDRECORD']._serialized_start=1240
-  _globals['_SPOOLEDRECORD']._serialized_end=1298
+  _globals['_SAMPLINGPARAMS']._serialized_start=105
+  _globals['_SAMPLINGPARAMS']._serialized_end=439
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=382
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=430
+  _globals['_INTERACTION']._serialized_start=442
+  _globals['_INTERACTION']._serialized_end=883
+  _globals['_FEEDBACK']._serialized_start=886
+  _globals['_FEEDBACK']._serialized_end=1107
+  _globals['_REWARD']._serialized_start=1110
+  _globals['_REWARD']._serialized_end=1256
+  _globals['_POLICYVERSION']._serialized_start=1259
+  _globals['_POLICYVERSION']._serialized_end=1504
+  _globals['_SPOOLEDRECORD']._serialized_start=1506
+  _globals['_SPOOLEDRECORD']._serialized_end=1564
 # @@protoc_insertion_point(module_scope)

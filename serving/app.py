@@ -128,7 +128,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"])
 async def chat_completions(req: ChatCompletionRequest, state: State, caller: Annotated[Caller, Depends(caller_of)]):
     started = time.monotonic()
-    caller.user_id = req.user or "anonymous"
+    caller.user_id = req.user_id
     chat: ChatService = state.chat
     if req.stream:
         resp, deltas = await chat.start(req, caller, started)

@@ -1,4 +1,10 @@
-"""Chat completions: generate with the current policy, return the answer, log one Interaction event."""
+"""Chat completions: generate with the current policy, return the answer, log one Interaction per choice.
+
+With ``n`` > 1 every choice is a response of its own: it has its own response id (the extension field
+``response_id`` of the choice) that ``/v1/feedback`` accepts, and its own Interaction event with its own
+behaviour log-probs, so the learner sees n samples of the same prompt. Usage counts the prompt once and
+the completion tokens of all choices, as OpenAI does.
+"""
 
 import json
 import logging
@@ -8,10 +14,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from vllm import SamplingParams
+from vllm.exceptions import VLLMClientError
+from vllm.sampling_params import StructuredOutputsParams
 
 from proto import events_pb2, topics, wire
 from serving import metrics
-from serving.engine import Delta, PolicyEngine
+from serving.engine import Delta, PolicyEngine, RequestRejected, TokenLogprobs
 from serving.errors import APIError, error_body
 from serving.event_log import EventLog
 from serving.protocol import (
@@ -19,15 +27,21 @@ from serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
     ErrorInfo,
     ResponseMessage,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from serving.response_index import ResponseIndex
 
 log = logging.getLogger(__name__)
+
+# JSON has no -inf; OpenAI's and vLLM's stand-in for a token the sampler could not draw (e.g. outside top-p).
+MIN_LOGPROB = -9999.0
 
 
 @dataclass
@@ -40,32 +54,86 @@ class Caller:
 
 
 @dataclass
-class _Response:
-    """A response being generated: what the Interaction event records."""
+class _Choice:
+    """One choice being generated: what its Interaction event records."""
 
+    index: int
     response_id: str
-    version: int
-    prompt_ids: list[int]
-    max_tokens: int  # the completion budget it was generated with (tokens)
-    started: float  # time.monotonic() when the request arrived
-    created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    tokens: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: str | None = None
 
     def add(self, delta: Delta) -> None:
-        if delta.token_ids and not self.token_ids:
-            metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.started)
         self.text.append(delta.text)
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)
+        self.tokens.extend(delta.tokens)
         self.finish_reason = delta.finish_reason or self.finish_reason
+
+
+@dataclass
+class _Response:
+    """A request being answered: its choices, and what they share."""
+
+    completion_id: str
+    version: int
+    prompt_ids: list[int]
+    max_tokens: int  # the completion budget it was generated with (tokens), per choice
+    started: float  # time.monotonic() when the request arrived
+    choices: list[_Choice]
+    created: int = field(default_factory=lambda: int(time.time()))
+    first_token_seen: bool = False
+
+    def add(self, delta: Delta) -> _Choice:
+        if delta.token_ids and not self.first_token_seen:
+            self.first_token_seen = True
+            metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.started)
+        choice = self.choices[delta.index]
+        choice.add(delta)
+        return choice
 
     @property
     def usage(self) -> Usage:
-        n_prompt, n_completion = len(self.prompt_ids), len(self.token_ids)
+        n_prompt = len(self.prompt_ids)
+        n_completion = sum(len(c.token_ids) for c in self.choices)
         return Usage(prompt_tokens=n_prompt, completion_tokens=n_completion, total_tokens=n_prompt + n_completion)
+
+
+def logprobs_of(tokens: list[TokenLogprobs], wanted: bool, engine: PolicyEngine) -> ChoiceLogprobs | None:
+    """OpenAI's ``logprobs`` object for ``tokens``, or None when the request did not ask for it."""
+    if not wanted:
+        return None
+
+    def entry(token_id: int, token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": max(logprob, MIN_LOGPROB), "bytes": engine.token_bytes(token_id, token)}
+
+    return ChoiceLogprobs(content=[
+        TokenLogprob(**entry(t.token_id, t.token, t.logprob), top_logprobs=[TopLogprob(**entry(*a)) for a in t.top])
+        for t in tokens
+    ])
+
+
+def sampling_params(req: ChatCompletionRequest, max_tokens: int) -> SamplingParams:
+    """vLLM's sampling parameters for ``req``. Raises :class:`RequestRejected` for values vLLM refuses."""
+    schema = req.json_schema
+    try:
+        return SamplingParams(
+            n=req.n,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=max_tokens,
+            stop=req.stop_list,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logit_bias={int(k): v for k, v in req.logit_bias.items()} if req.logit_bias else None,
+            structured_outputs=(None if schema is None else StructuredOutputsParams(json=schema) if schema
+                                else StructuredOutputsParams(json_object=True)),
+        )
+    except VLLMClientError as exc:
+        raise RequestRejected(str(exc), getattr(exc, "parameter", None)) from exc
 
 
 class ChatService:
@@ -89,64 +157,91 @@ class ChatService:
     ) -> tuple[_Response, AsyncIterator[Delta]]:
         """Validate, admit and start generating ``req`` (arrived at ``started``, time.monotonic() seconds).
 
-        Raises :class:`APIError` 404 for an unknown model, ``ContextLengthError`` when it does not fit.
+        Raises :class:`APIError` 404 for an unknown model, ``ContextLengthError`` when it does not fit and
+        :class:`RequestRejected` for parameters the engine refuses (a JSON schema it cannot compile, a
+        ``logit_bias`` token outside the vocabulary).
         """
         if req.model != self.model_name:
             raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{self.model_name}'.",
                            "invalid_request_error", param="model", code="model_not_found")
-        messages = [m.model_dump() for m in req.messages]
+        messages = [{"role": m.role, "content": m.text} for m in req.messages]
         prompt_ids = self.engine.render_prompt(messages)
         max_tokens = self.engine.completion_budget(len(prompt_ids), req.completion_limit)
-        params = SamplingParams(
-            temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop_list, seed=req.seed
-        )
-        version, deltas = await self.engine.generate(prompt_ids, params, caller.request_id)
-        return _Response(f"chatcmpl-{uuid.uuid4().hex}", version, prompt_ids, max_tokens, started), deltas
+        params = sampling_params(req, max_tokens)
+        try:
+            version, deltas = await self.engine.generate(prompt_ids, params, caller.request_id,
+                                                         top_logprobs=req.top_logprobs or 0)
+        except RequestRejected as exc:
+            if exc.param in (None, "structured_outputs") and req.response_format is not None:
+                exc.param = "response_format"  # vLLM's name for what the client sent as response_format
+            raise
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        choices = [_Choice(i, completion_id if req.n == 1 else f"{completion_id}-{i}") for i in range(req.n)]
+        return _Response(completion_id, version, prompt_ids, max_tokens, started, choices), deltas
 
-    def record(self, req: ChatCompletionRequest, resp: _Response, caller: Caller) -> None:
-        """Log ``resp`` as one Interaction event and index its id. Raises ``OSError`` if not durable."""
+    def record(self, req: ChatCompletionRequest, resp: _Response, choice: _Choice, caller: Caller) -> None:
+        """Log ``choice`` as one Interaction event and index its id. Raises ``OSError`` if not durable."""
         event = events_pb2.Interaction(
-            response_id=resp.response_id,
+            response_id=choice.response_id,
             created_at=wire.now(),
             user_id=caller.user_id,
             session_id=caller.session_id,
             model=self.model_name,
             policy_version=resp.version,
-            prompt_messages=[events_pb2.ChatMessage(role=m.role, content=m.content) for m in req.messages],
+            prompt_messages=[events_pb2.ChatMessage(role=m.role, content=m.text) for m in req.messages],
             prompt_token_ids=resp.prompt_ids,
-            response_text="".join(resp.text),
-            response_token_ids=resp.token_ids,
-            behaviour_logprobs=resp.logprobs,
+            response_text="".join(choice.text),
+            response_token_ids=choice.token_ids,
+            behaviour_logprobs=choice.logprobs,
             sampling=events_pb2.SamplingParams(
                 temperature=req.temperature,
                 top_p=req.top_p,
                 max_tokens=resp.max_tokens,
                 stop=req.stop_list,
                 seed=req.seed,
+                frequency_penalty=req.frequency_penalty,
+                presence_penalty=req.presence_penalty,
+                logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+                response_format=req.response_format.type if req.response_format else "",
+                json_schema=json.dumps(req.json_schema) if req.json_schema else "",
+                n=req.n,
             ),
-            finish_reason=resp.finish_reason or "abort",
+            finish_reason=choice.finish_reason or "abort",
             request_id=caller.request_id,
+            completion_id=resp.completion_id,
+            choice_index=choice.index,
         )
         self.event_log.publish(topics.INTERACTIONS, event)
-        self.index.add_response(resp.response_id, resp.version)
-        metrics.PROMPT_TOKENS.inc(len(resp.prompt_ids))
-        metrics.GENERATED_TOKENS.labels(policy_version=str(resp.version)).inc(len(resp.token_ids))
+        self.index.add_response(choice.response_id, resp.version)
+        metrics.GENERATED_TOKENS.labels(policy_version=str(resp.version)).inc(len(choice.token_ids))
+
+    def record_all(self, req: ChatCompletionRequest, resp: _Response, caller: Caller, *, partial: bool = False):
+        """Record every choice (with ``partial``, only those that generated something). Raises ``OSError``."""
+        recorded = [c for c in resp.choices if not partial or c.token_ids]
+        for choice in recorded:
+            self.record(req, resp, choice, caller)
+        if recorded:
+            metrics.PROMPT_TOKENS.inc(len(resp.prompt_ids))
 
     async def complete(self, req: ChatCompletionRequest, caller: Caller, started: float) -> ChatCompletionResponse:
-        """Generate the whole answer, record it, return it. Raises :class:`APIError` 503 if not recorded."""
+        """Generate every choice whole, record them, return them. Raises :class:`APIError` 503 if not recorded."""
         resp, deltas = await self.start(req, caller, started)
         async for delta in deltas:
             resp.add(delta)
         try:
-            self.record(req, resp, caller)
+            self.record_all(req, resp, caller)
         except OSError as exc:
             raise APIError(503, f"The response could not be recorded ({exc}); please retry.", "server_error") from exc
         return ChatCompletionResponse(
-            id=resp.response_id,
+            id=resp.completion_id,
             created=resp.created,
             model=self.model_name,
-            choices=[Choice(message=ResponseMessage(content="".join(resp.text)), finish_reason=resp.finish_reason)],
+            choices=[Choice(index=c.index, message=ResponseMessage(content="".join(c.text)),
+                            finish_reason=c.finish_reason, logprobs=logprobs_of(c.tokens, req.logprobs, self.engine),
+                            response_id=c.response_id)
+                     for c in resp.choices],
             usage=resp.usage,
+            service_tier="default" if req.service_tier else None,
             policy_version=resp.version,
         )
 
@@ -155,41 +250,50 @@ class ChatService:
     ) -> AsyncIterator[str]:
         """Server-sent events of an admitted request (see :meth:`start`), then ``[DONE]``.
 
-        The response is recorded when generation ends, also when the client disconnects midway (then with
+        Each choice opens with a chunk carrying its role and ``response_id``; then its text (and
+        ``logprobs`` when asked for) as it is generated, a chunk per engine step, with the right ``index``;
+        then its ``finish_reason``. The usage chunk (``stream_options.include_usage``) comes last. The
+        choices are recorded when generation ends, also when the client disconnects midway (then with
         finish reason ``abort``). A failure mid-stream sends an error frame, then ``[DONE]``.
         """
 
         def frame(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
-            chunk = ChatCompletionChunk(id=resp.response_id, created=resp.created, model=self.model_name,
-                                        choices=choices, usage=usage, policy_version=resp.version)
+            chunk = ChatCompletionChunk(id=resp.completion_id, created=resp.created, model=self.model_name,
+                                        choices=choices, usage=usage, policy_version=resp.version,
+                                        service_tier="default" if req.service_tier else None)
             return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
         finished = False
         try:
-            yield frame([ChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+            for c in resp.choices:
+                yield frame([ChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""),
+                                         response_id=c.response_id)])
             async for delta in deltas:
                 resp.add(delta)
-                if delta.text or delta.finish_reason:
-                    yield frame([ChunkChoice(delta=DeltaMessage(content=delta.text or None),
-                                             finish_reason=delta.finish_reason)])
+                # A step may generate tokens but no text yet (held back: a possible stop string or part of a
+                # multi-byte character); their log-probs still go out with it, as vLLM's own server does.
+                if delta.text or delta.finish_reason or (req.logprobs and delta.token_ids):
+                    yield frame([ChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text or None),
+                                             finish_reason=delta.finish_reason,
+                                             logprobs=logprobs_of(delta.tokens, req.logprobs, self.engine))])
             finished = True
-            self.record(req, resp, caller)
-            if req.stream_options and req.stream_options.include_usage:
+            self.record_all(req, resp, caller)
+            if req.include_usage:
                 yield frame([], usage=resp.usage)
         except OSError as exc:
-            log.error("response %s could not be recorded: %s", resp.response_id, exc)
+            log.error("response %s could not be recorded: %s", resp.completion_id, exc)
             info = ErrorInfo(message=f"The response could not be recorded ({exc}).", type="server_error")
             yield f"data: {json.dumps(error_body(info))}\n\n"
         except Exception as exc:
-            log.exception("stream %s failed", resp.response_id)
+            log.exception("stream %s failed", resp.completion_id)
             info = ErrorInfo(message=f"Generation failed: {type(exc).__name__}", type="server_error")
             yield f"data: {json.dumps(error_body(info))}\n\n"
         finally:
             await deltas.aclose()
-            if not finished and resp.token_ids:
+            if not finished:
                 # Client went away (or generation failed) midway: what was generated is still logged.
                 try:
-                    self.record(req, resp, caller)
+                    self.record_all(req, resp, caller, partial=True)
                 except OSError as exc:
-                    log.error("partial response %s could not be recorded: %s", resp.response_id, exc)
+                    log.error("partial response %s could not be recorded: %s", resp.completion_id, exc)
         yield "data: [DONE]\n\n"

@@ -10,12 +10,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenizers import decoders
 from transformers import AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -26,23 +29,48 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class TokenLogprobs:
+    """One generated token for OpenAI's ``logprobs``: its id, text, log-prob and the ``top`` most likely
+    alternatives at its position as ``(id, text, logprob)``, most likely first (empty unless asked for)."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]]
+
+
+@dataclass
 class Delta:
-    """Newly generated piece of a response.
+    """Newly generated piece of choice ``index`` of a response.
 
     ``token_ids`` are vocabulary ids (int); ``logprobs`` the natural-log probability of each under the
-    distribution the sampler really drew it from (the policy's logits after temperature and top-p/top-k:
-    vLLM's ``processed_logprobs``), one per token. These are PPO's behaviour log-probs: the importance
-    ratio must divide by the probability the token was actually sampled with.
+    distribution the sampler really drew it from (the policy's logits after logit bias, penalties, a
+    structured-output grammar, temperature and top-p/top-k: vLLM's ``processed_logprobs``), one per token.
+    These are PPO's behaviour log-probs: the importance ratio must divide by the probability the token was
+    actually sampled with. ``tokens`` has the same tokens for the client's ``logprobs``.
+    ``text`` never ends inside a multi-byte character or a possible stop string (vLLM's detokenizer holds
+    those back until they are resolved).
     """
 
+    index: int
     text: str
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str | None
+    tokens: list[TokenLogprobs] = field(default_factory=list)
 
 
 class ContextLengthError(ValueError):
     """The prompt plus the completion budget exceed the model's context length (tokens)."""
+
+
+class RequestRejected(ValueError):
+    """The engine refused the request's parameters (e.g. a JSON schema it cannot compile); ``param`` names
+    the request field when known."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class PolicyEngine:
@@ -55,6 +83,10 @@ class PolicyEngine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+        # GPT-2-style byte-level BPE writes each byte as one printable character; this maps them back.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        byte_level = backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+        self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()} if byte_level else None
         self.engine: AsyncLLM | None = None
         self.version = 0
         self.checkpoint_path = Path(settings.model_path)
@@ -94,6 +126,18 @@ class PolicyEngine:
             messages, add_generation_prompt=True, tokenize=True, return_dict=False
         )
 
+    def token_bytes(self, token_id: int, text: str) -> list[int]:
+        """The UTF-8 bytes token ``token_id`` stands for (``text`` is its decoded text).
+
+        A byte-level BPE token may hold part of a multi-byte character (an emoji is three tokens here); its
+        text is then U+FFFD, but its bytes are exact, so a client can join the bytes of consecutive tokens
+        and decode them: what OpenAI's ``bytes`` field is for.
+        """
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if self._byte_decoder is not None and piece and all(c in self._byte_decoder for c in piece):
+            return [self._byte_decoder[c] for c in piece]
+        return list(text.encode("utf-8"))
+
     def completion_budget(self, prompt_len: int, max_tokens: int | None) -> int:
         """The completion length (tokens) to allow, given the prompt length (tokens).
 
@@ -110,32 +154,48 @@ class PolicyEngine:
         return budget
 
     async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str, top_logprobs: int = 0
     ) -> tuple[int, AsyncIterator[Delta]]:
         """Admit a request; return the policy version that will generate all of it, and its deltas.
 
-        Waits while a swap is in progress. The request holds the current weights until its iterator is
-        exhausted or closed (closing early aborts it in the engine); an abandoned iterator is closed when
-        garbage-collected.
+        Waits while a swap is in progress, then until the engine accepted the request, so parameters the
+        engine refuses raise :class:`RequestRejected` here, before any byte of the response is sent.
+        ``top_logprobs`` alternatives per token come with each delta's ``tokens``. The request holds the
+        current weights until its iterator is exhausted or closed (closing early aborts it in the engine);
+        an abandoned iterator is closed when garbage-collected.
         """
         await self._admitting.wait()
         self._in_flight += 1
         params = params.clone()
-        params.logprobs = 0  # the sampled token's log-prob only
+        params.logprobs = top_logprobs  # the sampled token's log-prob, plus this many alternatives
         params.output_kind = RequestOutputKind.DELTA
-        deltas = self._stream(prompt_ids, params, request_id)
-        # Start the generator so that its `finally` (which releases the weights) runs however it ends.
+        deltas = self._stream(prompt_ids, params, request_id, top_logprobs)
+        # Start the generator, so that its `finally` (which releases the weights) runs however it ends, and
+        # let the engine validate the request.
         await anext(deltas)
         return self.version, deltas
 
-    async def _stream(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+    async def _stream(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str, top_logprobs: int
+    ) -> AsyncIterator[Delta | None]:
+        outputs = None
         try:
-            yield Delta("", [], [], None)  # consumed by generate(): see there
-            async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=request_id):
-                o = out.outputs[0]
-                logprobs = [step[tok].logprob for tok, step in zip(o.token_ids, o.logprobs or [])]
-                yield Delta(o.text, list(o.token_ids), logprobs, o.finish_reason)
+            outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=request_id)
+            try:
+                first = await anext(outputs)  # the engine validates the request before its first output
+            except VLLMClientError as exc:  # the request's fault (4xx); other errors are ours (5xx)
+                raise RequestRejected(str(exc), getattr(exc, "parameter", None)) from exc
+            yield None  # consumed by generate(): the request is admitted
+            out = first
+            while True:
+                for o in out.outputs:
+                    yield _delta(o, top_logprobs)
+                out = await anext(outputs, None)
+                if out is None:
+                    break
         finally:
+            if outputs is not None:
+                await outputs.aclose()
             async with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
@@ -172,3 +232,15 @@ class PolicyEngine:
                 pause = time.monotonic() - paused_at
                 metrics.GENERATION_PAUSE.observe(pause)
         return pause
+
+
+def _delta(o, top_logprobs: int) -> Delta:
+    """A :class:`Delta` from one vLLM ``CompletionOutput`` (DELTA kind: only what is new)."""
+    steps = o.logprobs or []  # per token: {token id: Logprob(logprob, rank, decoded_token)}
+    tokens = []
+    for tok, step in zip(o.token_ids, steps):
+        alternatives = [(tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= top_logprobs]
+        alternatives.sort(key=lambda item: item[1].rank)
+        tokens.append(TokenLogprobs(tok, step[tok].decoded_token or "", step[tok].logprob,
+                                    [(tid, lp.decoded_token or "", lp.logprob) for tid, lp in alternatives]))
+    return Delta(o.index, o.text, list(o.token_ids), [t.logprob for t in tokens], o.finish_reason, tokens)

@@ -1,18 +1,33 @@
 """Request and response schemas of serving's HTTP API.
 
-Chat completions follow OpenAI's Chat Completions API (fields in the spec's order); our extensions are
-marked. Fields of the OpenAI API that we do not support are accepted and ignored, so off-the-shelf
-clients work; ``n`` other than 1 is refused. Message content may be a string or a list of text parts;
-role ``developer`` is OpenAI's newer name for ``system``. Validation is strict: a value of the wrong JSON
-type is refused, not converted.
+Chat completions follow OpenAI's Chat Completions API, fields in the API reference's order. Every request
+field of that reference is declared here and is either supported or refused with a 400 that names it and
+says why (``refused(...)``); a field OpenAI does not define is refused as unrecognised, as OpenAI refuses
+it. Nothing is accepted and ignored. Where a field has a value that asks for what this server does anyway
+(``tool_choice: "none"``, ``store: true``, ``modalities: ["text"]``, …) that value is accepted and the
+others are refused. ``null`` means "not set" for every optional field, as in OpenAI's API.
+
+Validation is strict: a value of the wrong JSON type is refused, not converted ("5" is not a number).
+Our extensions are marked "Extension".
 """
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_N = 16  # choices per request; each is a full generation, so this bounds one request's cost
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 def _utf8(text: str) -> str:
@@ -27,23 +42,63 @@ def _utf8(text: str) -> str:
 Text = Annotated[str, AfterValidator(_utf8)]
 
 
-class TextPart(BaseModel):
-    """A content part; only text parts are supported."""
+def _default_if_null(default: Any) -> BeforeValidator:
+    """``null`` means "not set": OpenAI's optional fields are nullable and clients send ``null`` for them."""
+    return BeforeValidator(lambda value: default if value is None else value)
 
-    model_config = ConfigDict(extra="ignore", strict=True)
 
-    type: Literal["text"]
+def refused(reason: str, *, unless: tuple = ()) -> Any:
+    """A request field this server refuses (any value except ``null`` and those in ``unless``).
+
+    The 400 names the field and gives ``reason`` (what is not supported and what to do instead).
+    """
+
+    def check(value: Any) -> Any:
+        if value is None or any(value == ok for ok in unless):
+            return value
+        raise PydanticCustomError("unsupported_parameter", reason)
+
+    return Annotated[Any, AfterValidator(check)]
+
+
+def _only(allowed: tuple, reason: str) -> AfterValidator:
+    """Accept only the values in ``allowed`` of an otherwise valid field; refuse the others with ``reason``."""
+
+    def check(value: Any) -> Any:
+        if value is None or value in allowed:
+            return value
+        raise PydanticCustomError("unsupported_value", reason)
+
+    return AfterValidator(check)
+
+
+class Strict(BaseModel):
+    """Request models: wrong JSON types are errors, unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(Strict):
+    """A content part; only text parts are supported (the model reads text only)."""
+
+    type: Annotated[str, _only(("text",), "This model reads text only: content parts must have type 'text'.")]
     text: Text
 
 
-_PARTS = TypeAdapter(list[TextPart])
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class ChatMessage(Strict):
+    """One message of the conversation. ``developer`` is OpenAI's newer name for ``system``."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text = Field(description="A string, or a list of text parts (joined).")
+    content: Text | list[TextPart] = Field(description="A string, or a list of text parts (joined).")
+    name: refused("This model's chat template has no participant names; put the name in the content.") = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _known_role(cls, role: object) -> object:
+        if role in ("tool", "function"):
+            raise PydanticCustomError("unsupported_value", "This server offers no tool calls, so there are no tool "
+                                                           "results to send.")
+        return role
 
     @field_validator("role")
     @classmethod
@@ -51,44 +106,136 @@ class ChatMessage(BaseModel):
         # OpenAI's newer name for system instructions; the chat template knows "system".
         return "system" if role == "developer" else role
 
-    @field_validator("content", mode="before")
+    @property
+    def text(self) -> str:
+        """The content as one string (text parts joined)."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class JSONSchema(Strict):
+    """``response_format.json_schema``: the schema the answer must follow (vLLM's structured outputs)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="Absent: any JSON object.")
+    strict: bool | None = Field(None, description="Accepted either way: the output is always constrained.")
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchema | None = Field(None, validate_default=True)
+
+    @field_validator("json_schema")
     @classmethod
-    def _join_parts(cls, content: object) -> object:
-        if isinstance(content, list):
-            return "".join(part.text for part in _PARTS.validate_python(content))
-        return content
+    def _with_type_json_schema(cls, value: JSONSchema | None, info: ValidationInfo) -> JSONSchema | None:
+        kind = info.data.get("type")
+        if value is None and kind == "json_schema":
+            raise PydanticCustomError("missing", "Type 'json_schema' needs it.")
+        if value is not None and kind not in (None, "json_schema"):
+            raise PydanticCustomError("invalid_value", "only allowed with type 'json_schema'.")
+        return value
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
-
-    include_usage: bool = False
+class StreamOptions(Strict):
+    include_obfuscation: Annotated[bool | None, _only(
+        (False,), "This server adds no obfuscation field to stream chunks.")] = None
+    include_usage: Annotated[bool, _default_if_null(False)] = False
 
 
 StopString = Annotated[str, Field(min_length=1), AfterValidator(_utf8)]
 
+_NO_TOOLS = "This model has no tool-call template, so this server offers no tool calls."
 
-class ChatCompletionRequest(BaseModel):
-    # strict: a wrong JSON type is an error (422), not silently converted ("5" is not a number).
-    model_config = ConfigDict(extra="ignore", strict=True)
 
+class ChatCompletionRequest(Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
+    audio: refused("This server generates text only.") = None
+    frequency_penalty: Annotated[float, _default_if_null(0.0)] = Field(0.0, ge=-2.0, le=2.0)
+    function_call: refused(_NO_TOOLS, unless=("none",)) = None
+    functions: refused(_NO_TOOLS) = None
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (a decimal string) -> bias from -100 to 100 added to its logit.")
+    logprobs: Annotated[bool, _default_if_null(False)] = False
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
-    n: Literal[1] = 1
-    seed: int | None = Field(None, ge=0, le=INT64_MAX)
+    metadata: refused("This server keeps no completions for retrieval, so it has nowhere to attach metadata.") = None
+    modalities: Annotated[list[Literal["text", "audio"]] | None, _only(
+        (["text"],), "This server generates text only: use [\"text\"] or leave it out.")] = None
+    moderation: refused("This server runs no moderation.") = None
+    n: Annotated[int, _default_if_null(1)] = Field(1, ge=1, le=MAX_N)
+    parallel_tool_calls: refused(_NO_TOOLS) = None
+    prediction: refused("This server has no predicted outputs.") = None
+    presence_penalty: Annotated[float, _default_if_null(0.0)] = Field(0.0, ge=-2.0, le=2.0)
+    prompt_cache_key: str | None = Field(
+        None, max_length=1024, description="Accepted: the prefix cache is automatic and needs no key.")
+    prompt_cache_options: refused("The prefix cache is automatic and has no options.") = None
+    prompt_cache_retention: refused("The prefix cache is automatic and has no retention policy.") = None
+    reasoning_effort: Annotated[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None, _only(
+        ("none",), "This model does not reason before answering: use 'none' or leave it out.")
+    ] = None
+    response_format: ResponseFormat | None = None
+    safety_identifier: Text | None = Field(
+        None, max_length=128, description="End-user id; the events' user id when `user` is not set.")
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    service_tier: Annotated[Literal["auto", "default", "flex", "scale", "priority", "fast"] | None, _only(
+        ("auto", "default"), "This server has one service tier: use 'auto' or 'default'.")] = None
     stop: list[StopString] | None = Field(None, max_length=4, description="A string or up to 4 strings.")
-    stream: bool = False
+    store: Annotated[bool | None, _only(
+        (True,), "This server logs every response for training, so it cannot honour false.")] = None
+    stream: Annotated[bool, _default_if_null(False)] = False
     stream_options: StreamOptions | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: Annotated[float, _default_if_null(1.0)] = Field(1.0, ge=0.0, le=2.0)
+    tool_choice: refused(_NO_TOOLS, unless=("none",)) = None
+    tools: refused(_NO_TOOLS) = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_p: Annotated[float, _default_if_null(1.0)] = Field(1.0, gt=0.0, le=1.0)
     user: Text | None = Field(None, max_length=256, description="End-user id; recorded as the events' user id.")
+    verbosity: refused("This model has no verbosity control; ask for the length you want in the messages.") = None
+    web_search_options: refused("This server has no web search.") = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids_and_range(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (bias or {}).items():
+            if not key.isdigit():
+                raise PydanticCustomError("invalid_value", "keys must be token ids (decimal strings), not "
+                                                           "'{key}'", {"key": key})
+            if not -100 <= value <= 100:
+                raise PydanticCustomError("invalid_value", "biases must be from -100 to 100, not {value} (token "
+                                                           "{key})", {"key": key, "value": value})
+        return bias
+
+    @field_validator("response_format")
+    @classmethod
+    def _json_mode_needs_the_word_json(cls, fmt: ResponseFormat | None, info: ValidationInfo):
+        # OpenAI's rule: without being told to answer in JSON, a model constrained to JSON may emit
+        # whitespace until the token limit.
+        messages = info.data.get("messages")
+        if fmt is not None and fmt.type == "json_object" and messages is not None:
+            if not any("json" in m.text.lower() for m in messages):
+                raise PydanticCustomError("invalid_value", "'messages' must contain the word 'json' in some "
+                                                           "form to use type 'json_object'")
+        return fmt
 
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop_string(cls, stop: object) -> object:
         return [stop] if isinstance(stop, str) else stop
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, options: StreamOptions | None, info: ValidationInfo):
+        if options is not None and not info.data.get("stream"):
+            raise PydanticCustomError("invalid_value", "only allowed when 'stream' is true")
+        return options
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise PydanticCustomError("invalid_value", "needs 'logprobs' set to true")
+        return top
 
     @property
     def completion_limit(self) -> int | None:
@@ -99,6 +246,25 @@ class ChatCompletionRequest(BaseModel):
     def stop_list(self) -> list[str]:
         return self.stop or []
 
+    @property
+    def user_id(self) -> str:
+        """Who the events name as the user: ``user``, else ``safety_identifier``, else ``anonymous``."""
+        return self.user or self.safety_identifier or "anonymous"
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def json_schema(self) -> dict | None:
+        """The JSON schema the output is constrained to: ``{}`` for any JSON object, None for free text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_schema" and fmt.json_schema is not None and fmt.json_schema.schema_ is not None:
+            return fmt.json_schema.schema_
+        return {}
+
 
 class Usage(BaseModel):
     prompt_tokens: int
@@ -106,16 +272,34 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(description="Natural log; -9999.0 stands for -inf (JSON has no infinity).")
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None
 
 
 class Choice(BaseModel):
-    index: int = 0
+    index: int
     message: ResponseMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
+    response_id: str = Field(description="Extension: this choice's id for /v1/feedback (the completion id "
+                                         "when n is 1).")
 
 
 class ChatCompletionResponse(BaseModel):
@@ -125,6 +309,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    service_tier: Literal["default"] | None = None
     policy_version: int = Field(description="Extension: the policy version that generated this response.")
 
 
@@ -134,10 +319,12 @@ class DeltaMessage(BaseModel):
 
 
 class ChunkChoice(BaseModel):
-    index: int = 0
+    index: int
     delta: DeltaMessage
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
+    response_id: str | None = Field(None, description="Extension: this choice's id for /v1/feedback, in the "
+                                                      "first chunk of each choice.")
 
 
 class ChatCompletionChunk(BaseModel):
@@ -147,6 +334,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    service_tier: Literal["default"] | None = None
     policy_version: int = Field(description="Extension: the policy version that generated this response.")
 
 
@@ -163,10 +351,8 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(Strict):
     """A thumbs vote on a response this service generated (our API, not OpenAI's)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
     response_id: str = Field(min_length=1, max_length=128)
     rating: Literal["up", "down"]
