@@ -122,6 +122,7 @@ class Learner:
         self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets)
         m.POLICY_VERSION.set(self.state.parent_version)
         m.KL_COEF.set(self.trainer.kl_ctl.value)
+        m.REWARD_SERVICE_UP.set(1)  # until a call fails: 0 means "failed and waiting", not "not yet asked"
         if self.state.pending is not None:
             self.publish(self.state.pending)
         self._sync_ranks()
