@@ -14,6 +14,7 @@ to a time window (by their ``created_at``):
 import argparse
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -274,10 +275,16 @@ def to_json(report: Report) -> dict:
     return data
 
 
+def make_console() -> Console:
+    """A rich console. Written to a file or pipe (a log), it is 200 columns wide rather than rich's 80, so
+    the tables keep one row per line there."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def write(report: Report, out_dir: Path, console: Console | None = None) -> Path:
     """Print the table, write ``report.png`` and ``report.json`` under ``out_dir``; return the PNG's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (console or Console()).print(table(report))
+    (console or make_console()).print(table(report))
     png = out_dir / "report.png"
     plot(report, png)
     (out_dir / "report.json").write_text(json.dumps(to_json(report), indent=2))

@@ -22,18 +22,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from loop import report
 from loop.preference import PREFERENCES
 from loop.processes import ROOT, Service
-from loop.report import scrape
+from loop.report import make_console, scrape
 from loop.users import SimulatedUsers, UserStats
 from proto.topics import KafkaSettings, ensure_topics
 from serving.settings import default_state_dir
 
-console = Console()
+console = make_console()
 MODEL = "smollm2-135m-instruct"
 LEARNER_STOP_S = 600.0  # a PPO iteration plus its gates can take minutes on 2 cores
 

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from loop.preference import PREFERENCES
 from loop.processes import ROOT, free_port
-from loop.report import fmt_rate, samples, wilson
+from loop.report import fmt_rate, make_console, samples, wilson
 
 RESULTS = ROOT / "bench" / "results"
 SERVICES = {"serving": "serving.cli", "reward": "reward_service.cli", "learner": "learner.cli"}
@@ -366,7 +366,7 @@ def main() -> None:
     result["verdict"] = verdict(report["versions"], report["promoted"]) if report else {
         "text": f"no report: loop.run exited with {rc}; see {work / 'logs'}"}
 
-    console = Console()
+    console = make_console()
     print_tables(console, result)
     out = RESULTS / f"loop-{stamp}.json"
     out.write_text(json.dumps(result, indent=2, default=str))

@@ -46,7 +46,7 @@ def test_an_undecided_canary_times_out_at_its_vote_budget():
     assert decision.outcome == "time_out"
 
 
-@pytest.mark.parametrize("bad", [dict(margin=0.0), dict(alpha=0.6), dict(beta=0.0)])
+@pytest.mark.parametrize("bad", [{"margin": 0.0}, {"alpha": 0.6}, {"beta": 0.0}])
 def test_invalid_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         CanaryRule(**bad)
