@@ -12,6 +12,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGES = ("ingest", "train", "evaluate", "checkpoint", "score")
+VOTE_SETS = ("received", "trained", "heldout")  # the sets of votes whose identities are counted
 # Rewards are logits of P(up): most mass lies within ±10.
 REWARD_BUCKETS = (-10, -5, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 5, 10)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -111,6 +112,29 @@ class RewardMetrics:
         self.too_long = Counter(
             "rlhf_reward_too_long_interactions",
             "Interactions longer than the context: not trained",
+            registry=r,
+        )
+        self.identities = Gauge(
+            "rlhf_reward_identities",
+            "Distinct identities (Feedback.user_id) among the votes of a set: received (the latest"
+            " identity_window_votes), trained (the latest identity_window_votes trained), heldout (the last"
+            " evaluation set)",
+            ["set"],
+            registry=r,
+        )
+        self.identity_top_share = Gauge(
+            "rlhf_reward_identity_top_share",
+            "Largest share of one identity's votes in the set (see rlhf_reward_identities); NaN when empty",
+            ["set"],
+            registry=r,
+        )
+        for name in VOTE_SETS:
+            self.identities.labels(name)
+            self.identity_top_share.labels(name).set(float("nan"))
+        self.votes_over_cap = Gauge(
+            "rlhf_reward_votes_over_cap",
+            "Votes over their identity's cap (kept, not trained nor evaluated) among the latest"
+            " identity_window_votes received",
             registry=r,
         )
         self.checkpoint_seconds = Histogram(

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proto.device import DType, check_device
+from reward_service.identity import DEFAULT_SHARE_FACTOR, DEFAULT_WINDOW_VOTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -101,6 +102,20 @@ class Settings(BaseSettings):
     heldout_eval_size: int = Field(128, ge=1, description="most recent held-out votes scored per checkpoint")
     heldout_votes_per_response: int = Field(
         3, ge=1, description="most votes of one response in the held-out evaluation set (one per user)"
+    )
+
+    # Votes per identity (reward_service/identity.py): no one voter outweighs the others.
+    identity_share_factor: float = Field(
+        DEFAULT_SHARE_FACTOR,
+        ge=0,
+        description="most share of the latest identity_window_votes admitted votes one identity may hold, as"
+        " a multiple of an equal share (1 / identities voting in them); its votes beyond it are kept but"
+        " never trained nor evaluated, and the held-out evaluation set is capped alike. 0: no cap",
+    )
+    identity_window_votes: int = Field(
+        DEFAULT_WINDOW_VOTES,
+        ge=2,
+        description="votes the cap and the rlhf_reward_identit* gauges look back over (latest first)",
     )
 
     # Checkpoints.

@@ -14,10 +14,14 @@ earlier one *superseded*: it is never trained unless it already was, and the rep
 unless it only repeats an already-trained rating (nothing new to learn, and training it would count the
 same opinion twice).
 
+Each vote is judged once, when it arrives, against the per-identity cap (:mod:`reward_service.identity`):
+a vote *over the cap* is kept (``over_cap`` = 1) but never trained, paired or evaluated.
+
 The held-out slice is chosen by *prompt* (``losses.is_heldout`` of the canonical prompt key), so it is a
 property of the interaction; a vote is held out when the response it rates is. The evaluation set
 (:meth:`JoinStore.heldout`) counts at most one vote per (user, response) and at most a few votes per
-response, so a response with hundreds of votes cannot decide the held-out score.
+response, so a response with hundreds of votes cannot decide the held-out score, and at most a capped share
+per identity (:func:`reward_service.identity.cap_per_identity`).
 
 Files written by an earlier version of this module are migrated in place when opened (:data:`MIGRATIONS`).
 """
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proto.events_pb2 import Feedback, Interaction, Rating
+from reward_service import identity
 from reward_service.losses import is_heldout
 
 SCHEMA = """
@@ -52,7 +57,8 @@ CREATE TABLE IF NOT EXISTS votes (
     dropped INTEGER NOT NULL DEFAULT 0,     -- its interaction never came (unknown response id)
     trained_version INTEGER,                -- first checkpoint version containing it; NULL: not trained
     arrived_at REAL NOT NULL,               -- wall clock when stored here, s (join timeout)
-    voted_at REAL NOT NULL DEFAULT 0        -- when the user voted (Feedback.created_at), s; 0 unknown
+    voted_at REAL NOT NULL DEFAULT 0,       -- when the user voted (Feedback.created_at), s; 0 unknown
+    over_cap INTEGER NOT NULL DEFAULT 0     -- its identity was over the per-identity cap: never used
 );
 CREATE INDEX IF NOT EXISTS votes_response ON votes (response_id);
 CREATE INDEX IF NOT EXISTS votes_replaces ON votes (replaces);
@@ -66,16 +72,18 @@ MIGRATIONS = (
     ("interactions", "finish_reason", "TEXT NOT NULL DEFAULT 'stop'"),  # earlier rows: as encoded then
     ("votes", "user_id", "TEXT NOT NULL DEFAULT ''"),
     ("votes", "voted_at", "REAL NOT NULL DEFAULT 0"),
+    ("votes", "over_cap", "INTEGER NOT NULL DEFAULT 0"),  # earlier votes: all admitted
 )
 
 # A vote can be trained when it is joined (``i`` is its interaction), outside the held-out slice, not
-# superseded, not yet trained, and does not merely repeat the rating of an already-trained vote it replaces.
+# superseded, within its identity's cap, not yet trained, and does not merely repeat the rating of an
+# already-trained vote it replaces.
 TRAINABLE = """
-    v.trained_version IS NULL AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0
+    v.trained_version IS NULL AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0 AND v.over_cap = 0
     AND NOT EXISTS (SELECT 1 FROM votes o WHERE o.feedback_id = v.replaces
                     AND o.trained_version IS NOT NULL AND o.up = v.up)
 """
-EXAMPLE_COLUMNS = "v.feedback_id, v.response_id, i.prompt_key, i.response, v.up, i.finish_reason"
+EXAMPLE_COLUMNS = "v.feedback_id, v.response_id, i.prompt_key, i.response, v.up, i.finish_reason, v.user_id"
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Example:
     response: str
     up: bool
     finish_reason: str = "stop"  # "length": the response was cut off (encoded without its end of turn)
+    user_id: str = ""  # who voted ('' unknown)
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,13 @@ class JoinStore:
     """SQLite-backed join of interactions and votes. One instance per thread (SQLite connections are not
     shared across threads)."""
 
-    def __init__(self, path: Path, heldout_fraction: float):
+    def __init__(
+        self,
+        path: Path,
+        heldout_fraction: float,
+        identity_share_factor: float = identity.DEFAULT_SHARE_FACTOR,
+        identity_window_votes: int = identity.DEFAULT_WINDOW_VOTES,
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         # WAL + FULL sync: a committed write survives a killed process and a power cut.
@@ -136,6 +151,8 @@ class JoinStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.heldout_fraction = heldout_fraction
+        self.identity_share_factor = identity_share_factor
+        self.identity_window_votes = identity_window_votes
         self._migrate()
 
     def _columns(self, table: str) -> set[str]:
@@ -162,6 +179,9 @@ class JoinStore:
             )
         if "heldout" in self._columns("votes"):
             self.db.execute("ALTER TABLE votes DROP COLUMN heldout")
+        # The cap's window (the latest admitted votes) is read at every vote, also during a long flood of
+        # over-cap ones; created here, as its column may have just been added.
+        self.db.execute("CREATE INDEX IF NOT EXISTS votes_admitted ON votes (over_cap, id)")
         self.db.commit()
 
     def close(self) -> None:
@@ -194,15 +214,27 @@ class JoinStore:
     def add_vote(self, event: Feedback) -> bool:
         """Store a vote (and supersede the one it replaces); returns False when already there.
 
+        Whether it is over its identity's cap is decided now, against the latest admitted votes
+        (:func:`reward_service.identity.admits`), and kept with it.
+
         Raises :class:`InvalidEvent` for a vote without ids or without an up/down rating.
         """
         if not event.feedback_id or not event.response_id:
             raise InvalidEvent("feedback without feedback_id or response_id")
         if event.rating not in (Rating.RATING_UP, Rating.RATING_DOWN):
             raise InvalidEvent(f"feedback {event.feedback_id} has no up/down rating ({event.rating})")
+        window = [
+            row[0]
+            for row in self.db.execute(
+                "SELECT user_id FROM votes WHERE over_cap = 0 ORDER BY id DESC LIMIT ?",
+                (self.identity_window_votes - 1,),  # the new vote completes the window
+            )
+        ]
+        over_cap = not identity.admits(window, event.user_id, self.identity_share_factor)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO votes (feedback_id, response_id, user_id, up, replaces, arrived_at,"
-            " voted_at, superseded) VALUES (?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?))",
+            " voted_at, over_cap, superseded)"
+            " VALUES (?,?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?))",
             (
                 event.feedback_id,
                 event.response_id,
@@ -211,6 +243,7 @@ class JoinStore:
                 event.replaces_feedback_id,
                 time.time(),
                 _seconds(event.created_at),
+                int(over_cap),
                 event.feedback_id,  # a replacement that overtook the vote it replaces
             ),
         )
@@ -221,9 +254,9 @@ class JoinStore:
         return cur.rowcount == 1
 
     def _example(self, row) -> Example:
-        feedback_id, response_id, key, response, up, finish_reason = row
+        feedback_id, response_id, key, response, up, finish_reason, user_id = row
         messages = [{"role": role, "content": content} for role, content in json.loads(key)]
-        return Example(feedback_id, response_id, messages, response, bool(up), finish_reason)
+        return Example(feedback_id, response_id, messages, response, bool(up), finish_reason, user_id)
 
     def trainable(self, limit: int) -> list[Example]:
         """Up to ``limit`` votes to train on next, oldest first."""
@@ -252,6 +285,7 @@ class JoinStore:
             " JOIN interactions i ON i.response_id = v.response_id"
             " WHERE i.prompt_key = (SELECT prompt_key FROM interactions WHERE response_id = ?)"
             " AND v.response_id != ? AND v.up != ? AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
+            " AND v.over_cap = 0"
             " AND v.id < (SELECT id FROM votes WHERE feedback_id = ?) ORDER BY v.id DESC LIMIT 1",
             (example.response_id, example.response_id, int(example.up), example.feedback_id),
         ).fetchone()
@@ -284,18 +318,19 @@ class JoinStore:
 
     def heldout(self, limit: int, per_response: int) -> list[Example]:
         """The evaluation set: the ``limit`` most recent held-out votes, counting per response only the
-        latest vote of each user and, of those, the ``per_response`` latest.
+        latest vote of each user and, of those, the ``per_response`` latest, and per identity at most its
+        capped share of the set (:func:`reward_service.identity.cap_per_identity`).
 
-        Usable votes are joined, not superseded, not dropped, and on a prompt that was never trained on (a
-        file migrated from the response-level split may hold trained votes on prompts now held out). Votes
-        without a user id count as one user. Newest first.
+        Usable votes are joined, not superseded, not dropped, within their identity's cap, and on a prompt
+        that was never trained on (a file migrated from the response-level split may hold trained votes on
+        prompts now held out). Votes without a user id count as one user. Newest first.
         """
-        rows = self.db.execute(
-            f"""
+        candidates = self.db.execute(
+            """
             WITH usable AS (
-                SELECT v.id, v.user_id, {EXAMPLE_COLUMNS} FROM votes v
+                SELECT v.id, v.user_id, v.response_id FROM votes v
                 JOIN interactions i ON i.response_id = v.response_id
-                WHERE i.heldout = 1 AND v.superseded = 0 AND v.dropped = 0
+                WHERE i.heldout = 1 AND v.superseded = 0 AND v.dropped = 0 AND v.over_cap = 0
                 AND NOT EXISTS (SELECT 1 FROM interactions j JOIN votes t ON t.response_id = j.response_id
                                 WHERE j.prompt_key = i.prompt_key AND t.trained_version IS NOT NULL)
             ), latest_per_user AS (
@@ -306,12 +341,34 @@ class JoinStore:
                 SELECT *, ROW_NUMBER() OVER (PARTITION BY response_id ORDER BY id DESC) AS nth_of_response
                 FROM latest_per_user WHERE nth_of_user = 1
             )
-            SELECT feedback_id, response_id, prompt_key, response, up, finish_reason FROM capped
-            WHERE nth_of_response <= ? ORDER BY id DESC LIMIT ?
+            SELECT id, user_id FROM capped WHERE nth_of_response <= ? ORDER BY id DESC
             """,
-            (per_response, limit),
+            (per_response,),
+        ).fetchall()
+        kept = identity.cap_per_identity([u for _, u in candidates], limit, self.identity_share_factor)
+        ids = [candidates[i][0] for i in kept]
+        rows = self.db.execute(
+            f"SELECT {EXAMPLE_COLUMNS} FROM votes v JOIN interactions i ON i.response_id = v.response_id"
+            f" WHERE v.id IN ({','.join('?' * len(ids))}) ORDER BY v.id DESC",
+            ids,
         ).fetchall()
         return [self._example(r) for r in rows]
+
+    def identities(self, trained: bool) -> identity.Distribution:
+        """Votes per identity among the latest ``identity_window_votes`` votes received (``trained``
+        False, over the cap or not) or trained (True)."""
+        where = "WHERE trained_version IS NOT NULL" if trained else ""
+        rows = self.db.execute(
+            f"SELECT user_id FROM votes {where} ORDER BY id DESC LIMIT ?", (self.identity_window_votes,)
+        )
+        return identity.Distribution.of([r[0] for r in rows])
+
+    def over_cap(self) -> int:
+        """Votes over their identity's cap among the latest ``identity_window_votes`` received."""
+        return self.db.execute(
+            "SELECT COALESCE(SUM(over_cap), 0) FROM (SELECT over_cap FROM votes ORDER BY id DESC LIMIT ?)",
+            (self.identity_window_votes,),
+        ).fetchone()[0]
 
     def pending(self) -> int:
         """Votes waiting for their interaction."""
@@ -353,7 +410,7 @@ class JoinStore:
             "DELETE FROM interactions"
             " WHERE id IN (SELECT id FROM interactions ORDER BY id DESC LIMIT -1 OFFSET ?)"
             " AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.response_id = interactions.response_id"
-            " AND interactions.heldout = 0 AND v.superseded = 0 AND v.dropped = 0"
+            " AND interactions.heldout = 0 AND v.superseded = 0 AND v.dropped = 0 AND v.over_cap = 0"
             " AND (v.trained_version IS NULL OR v.trained_version > ?))",
             (keep, version),
         )

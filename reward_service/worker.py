@@ -30,6 +30,7 @@ from proto import topics, wire
 from proto.device import resolve_device
 from proto.topics import KafkaSettings, ensure_topics
 from reward_service.checkpoint import OVERLAY, CheckpointStore, new_state
+from reward_service.identity import Distribution
 from reward_service.metrics import RewardMetrics, cpu_clock
 from reward_service.model import load_reward_model
 from reward_service.scorer import Scorer
@@ -97,7 +98,9 @@ class StreamWorker(threading.Thread):
         s = self.settings
         self.version = self.checkpoints.latest()
         self.state = self.checkpoints.state(self.version)
-        self.store = JoinStore(s.store_path, s.heldout_fraction)
+        self.store = JoinStore(
+            s.store_path, s.heldout_fraction, s.identity_share_factor, s.identity_window_votes
+        )
         if s.trainable_layers != self.state.trainable_layers:
             log.warning(
                 "trainable_layers=%d is ignored: the checkpoints in %s train %d layers "
@@ -210,6 +213,7 @@ class StreamWorker(threading.Thread):
             self.metrics.unknown_response_ids.labels("expired").inc(expired)
             self.metrics.unknown_response_ids.labels("evicted").inc(evicted)
             self.metrics.pending_joins.set(self.store.pending())
+            self._publish_identities()
             backlog = self._update_backlog()
         if backlog.votes >= s.train_min_votes or backlog.lag(time.time()) >= s.train_max_wait_s:
             with self.metrics.cpu_stage("train"):
@@ -310,6 +314,7 @@ class StreamWorker(threading.Thread):
             with self.metrics.cpu_stage("evaluate"):
                 heldout = self.store.heldout(s.heldout_eval_size, s.heldout_votes_per_response)
                 score = self.trainer.evaluate(heldout) if heldout else None
+                self._publish_distribution("heldout", Distribution.of([e.user_id for e in heldout]))
             self._evaluate_cpu = clock() - evaluating
             up = self.trainer.up_trained
             down = self.trainer.down_trained
@@ -358,6 +363,16 @@ class StreamWorker(threading.Thread):
             )
         except KafkaError as exc:  # the checkpoint already holds these offsets: the next commit catches up
             log.warning("offset commit failed: %r", exc)
+
+    def _publish_identities(self) -> None:
+        """Votes per identity among the latest votes received and trained, and how many were over the cap."""
+        self._publish_distribution("received", self.store.identities(trained=False))
+        self._publish_distribution("trained", self.store.identities(trained=True))
+        self.metrics.votes_over_cap.set(self.store.over_cap())
+
+    def _publish_distribution(self, name: str, distribution: Distribution) -> None:
+        self.metrics.identities.labels(name).set(distribution.identities)
+        self.metrics.identity_top_share.labels(name).set(distribution.top_share)
 
     def _publish_state_metrics(self) -> None:
         self.metrics.examples_seen.labels("pointwise").set(self.state.votes_trained)
