@@ -9,10 +9,12 @@ checkpoint only every so often), so everything in it is safe to replay:
   version V, :meth:`JoinStore.rollback` forgets the marks above V, because those updates died with the
   process, and those votes are trained again — once — into the new lineage.
 
-A vote that replaces an earlier one (``replaces_feedback_id``: the same user changed their mind) makes the
-earlier one *superseded*: it is never trained unless it already was, and the replacing vote is trained
-unless it only repeats an already-trained rating (nothing new to learn, and training it would count the
-same opinion twice).
+A user's later vote on the same response (the same user changed their mind) makes the earlier one
+*superseded*: it is never trained unless it already was, and the later vote is trained unless it only
+repeats an already-trained rating (nothing new to learn, and training it would count the same opinion
+twice). "Later" is by the time the user voted (``Feedback.created_at``), so it holds whatever order the
+votes arrive in and whichever serving replica took them; ``replaces_feedback_id`` (set when one replica
+saw both) links them too, and is what decides between votes without a user id or with equal times.
 
 Each vote is judged once, when it arrives, against the per-identity cap (:mod:`reward_service.identity`):
 a vote *over the cap* is kept (``over_cap`` = 1) but never trained, paired or evaluated.
@@ -75,12 +77,19 @@ MIGRATIONS = (
     ("votes", "over_cap", "INTEGER NOT NULL DEFAULT 0"),  # earlier votes: all admitted
 )
 
+# Vote ``o`` is an earlier vote of ``v``'s user on the same response (votes without a user id are not linked
+# this way: they may be anyone's).
+_EARLIER_SAME_USER = (
+    "o.response_id = v.response_id AND o.user_id = v.user_id AND v.user_id != '' AND o.voted_at < v.voted_at"
+)
+
 # A vote can be trained when it is joined (``i`` is its interaction), outside the held-out slice, not
 # superseded, within its identity's cap, not yet trained, and does not merely repeat the rating of an
 # already-trained vote it replaces.
 TRAINABLE = """
     v.trained_version IS NULL AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0 AND v.over_cap = 0
-    AND NOT EXISTS (SELECT 1 FROM votes o WHERE o.feedback_id = v.replaces
+    AND NOT EXISTS (SELECT 1 FROM votes o
+                    WHERE (o.feedback_id = v.replaces OR (""" + _EARLIER_SAME_USER + """))
                     AND o.trained_version IS NOT NULL AND o.up = v.up)
 """
 EXAMPLE_COLUMNS = "v.feedback_id, v.response_id, i.prompt_key, i.response, v.up, i.finish_reason, v.user_id"
@@ -212,7 +221,8 @@ class JoinStore:
         return cur.rowcount == 1
 
     def add_vote(self, event: Feedback) -> bool:
-        """Store a vote (and supersede the one it replaces); returns False when already there.
+        """Store a vote (and supersede the user's earlier ones on the response); returns False when already
+        there.
 
         Whether it is over its identity's cap is decided now, against the latest admitted votes
         (:func:`reward_service.identity.admits`), and kept with it.
@@ -234,7 +244,8 @@ class JoinStore:
         cur = self.db.execute(
             "INSERT OR IGNORE INTO votes (feedback_id, response_id, user_id, up, replaces, arrived_at,"
             " voted_at, over_cap, superseded)"
-            " VALUES (?,?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?))",
+            " VALUES (?,?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?"
+            "  OR (response_id = ? AND user_id = ? AND user_id != '' AND voted_at > ?)))",
             (
                 event.feedback_id,
                 event.response_id,
@@ -245,11 +256,16 @@ class JoinStore:
                 _seconds(event.created_at),
                 int(over_cap),
                 event.feedback_id,  # a replacement that overtook the vote it replaces
+                event.response_id,  # ... or a later vote of the same user, from any replica
+                event.user_id,
+                _seconds(event.created_at),
             ),
         )
-        if cur.rowcount == 1 and event.replaces_feedback_id:
+        if cur.rowcount == 1:
             self.db.execute(
-                "UPDATE votes SET superseded = 1 WHERE feedback_id = ?", (event.replaces_feedback_id,)
+                "UPDATE votes SET superseded = 1 WHERE feedback_id = ?"
+                " OR (response_id = ? AND user_id = ? AND user_id != '' AND voted_at < ?)",
+                (event.replaces_feedback_id, event.response_id, event.user_id, _seconds(event.created_at)),
             )
         return cur.rowcount == 1
 

@@ -342,3 +342,27 @@ def test_a_file_of_the_first_schema_is_migrated(tmp_path):
     finally:
         store.close()
     JoinStore(path, heldout_fraction=0.5).close()  # reopening a migrated file changes nothing
+
+
+def test_a_users_later_vote_supersedes_without_a_link_in_any_arrival_order(store):
+    """Votes cast through two serving replicas carry no replaces link: the later one by vote time wins."""
+    r1, r2 = training_ids(2)
+    for r in (r1, r2):
+        store.add_interaction(interaction(r))
+    store.add_vote(vote("a1", r1, UP, user="alice", at=10.0))
+    store.add_vote(vote("a2", r1, DOWN, user="alice", at=20.0))
+    store.add_vote(vote("b2", r2, DOWN, user="bob", at=20.0))  # the later vote arrives first
+    store.add_vote(vote("b1", r2, UP, user="bob", at=10.0))
+    store.add_vote(vote("c1", r2, UP, user="carol", at=15.0))  # another user's vote stands
+    assert sorted(trained_ids(store)) == ["a2", "b2", "c1"]
+
+
+def test_a_later_vote_repeating_a_trained_rating_is_not_trained_again(store):
+    (r,) = training_ids(1)
+    store.add_interaction(interaction(r))
+    store.add_vote(vote("a1", r, UP, user="alice", at=10.0))
+    store.mark_trained(["a1"], version=1)
+    store.add_vote(vote("a2", r, UP, user="alice", at=20.0))
+    assert trained_ids(store) == []
+    store.add_vote(vote("a3", r, DOWN, user="alice", at=30.0))
+    assert trained_ids(store) == ["a3"]
