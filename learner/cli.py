@@ -28,6 +28,8 @@ from pydantic_settings import BaseSettings, CliApp, CliSubCommand
 
 from learner.config import LearnerConfig, SFTConfig
 
+log = logging.getLogger(__name__)
+
 
 class PPOCommand(LearnerConfig):
     """Run the online PPO learner: consume interactions, train, checkpoint, gate and publish policies."""
@@ -35,6 +37,7 @@ class PPOCommand(LearnerConfig):
     def cli_cmd(self) -> None:
         from learner import distributed
         from learner.loop import Learner, run_worker
+        from proto.retry import call_with_retry
         from proto.topics import KafkaSettings, ensure_topics
 
         ranks, device = distributed.start(self.device, self.rank_wait_timeout_s)
@@ -46,9 +49,9 @@ class PPOCommand(LearnerConfig):
                 run_worker(self, ranks, device)
                 return
             kafka = KafkaSettings()
-            ensure_topics(kafka)
-            learner = Learner(self, kafka, ranks, device)
-            logging.getLogger(__name__).info("metrics on :%d/metrics", learner.metrics_port)
+            call_with_retry(ensure_topics, kafka, log=log, what="creating topics", stop=stop)
+            learner = Learner(self, kafka, ranks, device, stop)
+            log.info("metrics on :%d/metrics", learner.metrics_port)
             try:
                 learner.run(stop)
             finally:

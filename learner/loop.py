@@ -61,7 +61,10 @@ class Learner:
     always ``cfg.init_model``'s top layers over the shared frozen trunk.
 
     ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
-    where the models go (default: ``cfg.device`` resolved, proto/device.py).
+    where the models go (default: ``cfg.device`` resolved, proto/device.py); ``stop``: the event that
+    stops :meth:`run` by default and ends the retries of Kafka calls during an outage (proto/retry.py:
+    every Kafka call is retried with backoff while the broker is unreachable, so an outage pauses the
+    loop instead of ending it).
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class Learner:
         kafka: KafkaSettings,
         ranks: Ranks = SINGLE,
         device: torch.device | None = None,
+        stop: threading.Event | None = None,
     ):
         self.cfg = cfg
+        self.stop = stop or threading.Event()
         self.ranks = ranks
         self.device = device or resolve_device(cfg.device)
         # /metrics answers from the start, so supervisors see the process alive while models load.
@@ -80,7 +85,7 @@ class Learner:
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.init_model)
         self.store = open_store(cfg.store_uri)
-        self.policy_topic = PolicyTopic(kafka)
+        self.policy_topic = PolicyTopic(kafka, self.stop)
         self.reward = RewardClient(cfg.reward_url, cfg.reward_timeout_s)
         self.heldout = gates.load_prompts(cfg.heldout_prompts)
         self.canaries = gates.load_prompts(cfg.canary_prompts)
@@ -119,7 +124,7 @@ class Learner:
         self.recent = set(self.state.recent_response_ids)
         self._batch_ids: set[str] = set()
 
-        self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets)
+        self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets, self.stop)
         m.POLICY_VERSION.set(self.state.parent_version)
         m.KL_COEF.set(self.trainer.kl_ctl.value)
         m.REWARD_SERVICE_UP.set(1)  # until a call fails: 0 means "failed and waiting", not "not yet asked"
@@ -428,16 +433,18 @@ class Learner:
             m.BEHAVIOUR_GAP.set(stats.behaviour_gap)
             m.TRUNCATED_FRACTION.set(stats.truncated_fraction)
         m.STEP_DURATION.observe(duration_s)
-        m.CONSUMER_LAG.set(self.reader.lag())
+        lag = self.reader.lag()
+        if lag is not None:
+            m.CONSUMER_LAG.set(lag)
         m.ITERATIONS.inc()
         m.ROLLOUTS.inc(n_rollouts)
         for reason, n in dropped.items():
             m.ROLLOUTS_DROPPED.labels(reason).inc(n)
 
     def run(self, stop: threading.Event | None = None) -> LearnerState:
-        """Iterate until ``cfg.max_iterations`` (counted across restarts) or until ``stop`` is set; then
-        stop the other ranks, if any."""
-        stop = stop or threading.Event()
+        """Iterate until ``cfg.max_iterations`` (counted across restarts) or until ``stop`` (default: the
+        constructor's) is set; then stop the other ranks, if any."""
+        stop = stop or self.stop
         while (
             self.cfg.max_iterations is None or self.state.iteration < self.cfg.max_iterations
         ) and not stop.is_set():

@@ -17,8 +17,10 @@ Publishing is idempotent by content: if a record with the same weights' sha256 i
 (a restart repeating a publish its crash interrupted), that record is returned instead of a new one.
 """
 
+import logging
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,11 @@ from learner.checkpoint import fsync
 from proto import policy_store, topics, wire
 from proto.events_pb2 import PolicyVersion
 from proto.policy_log import PolicyLog
+from proto.retry import call_with_retry
 from proto.topics import KafkaSettings
+
+_log = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -108,23 +114,27 @@ def open_store(uri: str) -> PolicyStore:
 
 
 class PolicyTopic:
-    """Reads and appends version records on the compacted policy topic (idempotent producer, acks=all)."""
+    """Reads and appends version records on the compacted policy topic (idempotent producer, acks=all).
 
-    def __init__(self, settings: KafkaSettings):
+    Reads and appends are retried with backoff while the broker is unreachable (proto/retry.py), until they
+    succeed or ``stop`` is set (then the last error is raised). A retried append may write its record
+    twice; both are the same record under the same key, which the topic's fold (PolicyLog) counts once.
+    """
+
+    def __init__(self, settings: KafkaSettings, stop: threading.Event | None = None):
         self.settings = settings
         self.topic = settings.topic(topics.POLICY)
-        self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            client_id="rlhf-learner-policy",
-        )
+        self._stop = stop
+        self._producer: KafkaProducer | None = None
 
     def read(self, timeout_s: float = 30.0) -> PolicyLog:
         """The topic folded from its beginning to its current end (every version's latest record, the pin).
 
-        Raises ``TimeoutError`` when the end is not reached within ``timeout_s``.
+        Each try that does not reach the end within ``timeout_s`` (``TimeoutError``) is retried too.
         """
+        return call_with_retry(self._read, timeout_s, log=_log, what="reading the policy topic", stop=self._stop)
+
+    def _read(self, timeout_s: float) -> PolicyLog:
         consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
         try:
             parts = [
@@ -149,11 +159,31 @@ class PolicyTopic:
             consumer.close()
 
     def publish(self, record: PolicyVersion, timeout_s: float = 30.0) -> None:
-        """Append ``record`` keyed by its version; returns once the broker acknowledged it (acks=all)."""
-        self._producer.send(self.topic, key=wire.key_of(record), value=wire.encode(record)).get(
-            timeout=timeout_s
-        )
+        """Append ``record`` keyed by its version; returns once the broker acknowledged it (acks=all).
+        Each try waits up to ``timeout_s`` for the acknowledgement."""
+        call_with_retry(self._publish, record, timeout_s, log=_log, what="publishing a policy record",
+                        stop=self._stop)
+
+    def _publish(self, record: PolicyVersion, timeout_s: float) -> None:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                client_id="rlhf-learner-policy",
+            )
+        try:
+            self._producer.send(self.topic, key=wire.key_of(record), value=wire.encode(record)).get(
+                timeout=timeout_s
+            )
+        except BaseException:
+            # A producer that timed out may hold a stale idempotence state: the next try starts afresh.
+            self._producer.close(timeout=0)
+            self._producer = None
+            raise
 
     def close(self) -> None:
-        self._producer.flush()
-        self._producer.close()
+        """Close the producer; what it still holds is given ``CLOSE_TIMEOUT_S`` (a broker outage does not
+        hold the exit: every record it was given was acknowledged or is retried by the caller)."""
+        if self._producer is not None:
+            self._producer.close(timeout=CLOSE_TIMEOUT_S)

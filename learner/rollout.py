@@ -10,9 +10,15 @@ The partitions are assigned explicitly rather than through group rebalancing: PP
 consumer of its batch (data-parallel ranks share one reader), and a restarted learner must not wait for the
 group coordinator to expire the killed member before it may read. The group still holds the committed
 offsets, so lag shows up in the usual Kafka tooling.
+
+Every Kafka call goes through the shared retry policy (proto/retry.py): during a broker outage the
+reader waits and retries with backoff instead of failing the learner's iteration. An offset commit is
+retried for ``COMMIT_GIVE_UP_S`` and then skipped with a warning: resuming reads the checkpoint's offsets,
+not the group's, so a skipped commit only delays what lag monitoring shows until the next one.
 """
 
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -21,9 +27,12 @@ from kafka.structs import OffsetAndMetadata
 
 from proto import topics, wire
 from proto.events_pb2 import Interaction
+from proto.retry import RETRIED, call_with_retry
 from proto.topics import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+COMMIT_GIVE_UP_S = 120.0
 
 
 @dataclass
@@ -60,18 +69,31 @@ class Batch:
 
 
 class InteractionReader:
-    """Reads the interactions topic from given offsets; hands out batches of events that pass a filter."""
+    """Reads the interactions topic from given offsets; hands out batches of events that pass a filter.
 
-    def __init__(self, settings: KafkaSettings, group_id: str, offsets: dict[str, int]):
+    ``stop``: set when the learner is stopping; it ends the retries of a Kafka call (whose error is then
+    raised). Raises ``RuntimeError`` when the topic does not exist.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group_id: str,
+        offsets: dict[str, int],
+        stop: threading.Event | None = None,
+    ):
         self.topic = settings.topic(topics.INTERACTIONS)
-        self.consumer = KafkaConsumer(
+        self._stop = stop
+        self.consumer = self._retry(
+            KafkaConsumer,
+            what="connecting to Kafka",
             bootstrap_servers=settings.bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="rlhf-learner",
         )
-        parts = self.consumer.partitions_for_topic(self.topic)
+        parts = self._retry(self.consumer.partitions_for_topic, self.topic, what="reading partitions")
         if not parts:
             raise RuntimeError(f"topic {self.topic} does not exist (run rlhf-topics)")
         self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
@@ -82,8 +104,16 @@ class InteractionReader:
             # otherwise the consumer starts from the group's committed offset, or the earliest one
         self._buffer: deque = deque()
         # Position just past the last event handed out, per partition: what a checkpoint records.
-        self._consumed = {offsets_key(tp): self.consumer.position(tp) for tp in self.partitions}
+        self._consumed = {
+            offsets_key(tp): self._retry(self.consumer.position, tp, what="reading positions")
+            for tp in self.partitions
+        }
         self._start = dict(self._consumed)
+
+    def _retry(self, fn, *args, what: str, give_up_after_s: float | None = None, **kwargs):
+        return call_with_retry(
+            fn, *args, log=log, what=what, stop=self._stop, give_up_after_s=give_up_after_s, **kwargs
+        )
 
     def next_batch(
         self, n_min: int, n_max: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False
@@ -102,7 +132,16 @@ class InteractionReader:
                 if should_stop():
                     return None
                 waiting = len(events) < n_min
-                polled = self.consumer.poll(timeout_ms=int(poll_timeout_s * 1000) if waiting else 0)
+                try:
+                    polled = self._retry(
+                        self.consumer.poll,
+                        timeout_ms=int(poll_timeout_s * 1000) if waiting else 0,
+                        what="polling interactions",
+                    )
+                except RETRIED:
+                    if should_stop():  # stopped while retrying: like any stop while waiting
+                        return None
+                    raise
                 for records in polled.values():
                     self._buffer.extend(records)
                 if not self._buffer and not waiting:
@@ -135,20 +174,37 @@ class InteractionReader:
         """Next offset to read per partition, just past the last event handed out or skipped."""
         return dict(self._consumed)
 
-    def commit(self, offsets: dict[str, int]) -> None:
-        """Commit ``offsets`` (from a checkpoint now on disk) to the consumer group."""
-        self.consumer.commit(
-            {
-                tp: OffsetAndMetadata(offsets[offsets_key(tp)], "", -1)
-                for tp in self.partitions
-                if offsets_key(tp) in offsets
-            }
-        )
+    def commit(self, offsets: dict[str, int]) -> bool:
+        """Commit ``offsets`` (from a checkpoint now on disk) to the consumer group; retried during an
+        outage for ``COMMIT_GIVE_UP_S``, then skipped (see the module docstring). Returns whether it was
+        committed."""
+        try:
+            self._retry(
+                self.consumer.commit,
+                {
+                    tp: OffsetAndMetadata(offsets[offsets_key(tp)], "", -1)
+                    for tp in self.partitions
+                    if offsets_key(tp) in offsets
+                },
+                what="offset commit",
+                give_up_after_s=COMMIT_GIVE_UP_S,
+            )
+        except RETRIED as exc:
+            log.warning("offset commit skipped (%r): the checkpoint holds the offsets; the next commit catches up",
+                        exc)
+            return False
+        return True
 
-    def lag(self) -> int:
-        """Events on the topic not yet consumed by the learner (end offsets minus consumed)."""
-        ends = self.consumer.end_offsets(self.partitions)
+    def lag(self) -> int | None:
+        """Events on the topic not yet consumed by the learner (end offsets minus consumed); None when
+        Kafka does not answer (a gauge is not worth waiting for)."""
+        try:
+            ends = self.consumer.end_offsets(self.partitions)
+        except RETRIED as exc:
+            log.warning("consumer lag unknown (%r)", exc)
+            return None
         return sum(max(0, ends[tp] - self._consumed[offsets_key(tp)]) for tp in self.partitions)
 
     def close(self) -> None:
-        self.consumer.close()
+        """Close the consumer without committing (bounded: a broker outage does not hold the exit)."""
+        self.consumer.close(autocommit=False)

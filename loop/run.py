@@ -133,12 +133,18 @@ def services_line(services: list[Service]) -> str:
     return "services: " + ", ".join(parts) if parts else ""
 
 
-async def drive(args: argparse.Namespace, services: list[Service], stop: asyncio.Event) -> UserStats:
-    """Run the simulated users until ``stop`` with ``services`` (reward, serving, learner) supervised,
-    printing progress; return their statistics."""
+def make_users(args: argparse.Namespace, serving: Service) -> SimulatedUsers:
+    """The simulated users of ``args`` (count, preference, budget, seed) on ``serving``."""
+    return SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), n_users=args.users,
+                          max_tokens=args.max_tokens, seed=args.seed)
+
+
+async def drive(args: argparse.Namespace, services: list[Service], stop: asyncio.Event,
+                users: SimulatedUsers | None = None) -> UserStats:
+    """Run the simulated users (default: :func:`make_users`) until ``stop`` with ``services`` (reward,
+    serving, learner) supervised, printing progress; return their statistics."""
     _, serving, learner = services
-    users = SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), n_users=args.users,
-                           max_tokens=args.max_tokens, seed=args.seed)
+    users = users or make_users(args, serving)
     started = time.monotonic()
 
     async def watch_versions() -> None:
@@ -165,14 +171,10 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    started_at = time.time()  # Unix seconds: the final report counts from here
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    work = args.work_dir or default_state_dir()
+def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
+    """The reward service, serving and the learner (in that order), not started, with data and logs under
+    ``work``; they reach Kafka through this process's ``RLHF_KAFKA_*`` environment."""
     log_dir = work / "logs"
-    kafka = KafkaSettings()
-    ensure_topics(kafka)
     model = default_state_dir() / "models" / "SmolLM2-135M-Instruct"
     # Every service keeps its data under the work dir and starts from the bundled model.
     env = {"RLHF_STATE_DIR": str(work), "HF_HUB_OFFLINE": "1", "RLHF_SERVING_MODEL_PATH": str(model),
@@ -183,7 +185,19 @@ def main(argv: list[str] | None = None) -> None:
                       log_dir / "learner.log", port_flag="--metrics-port",
                       args=["ppo", *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                             *args.learner_arg])
-    services = [reward, serving, learner]
+    return [reward, serving, learner]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started_at = time.time()  # Unix seconds: the final report counts from here
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    work = args.work_dir or default_state_dir()
+    log_dir = work / "logs"
+    kafka = KafkaSettings()
+    ensure_topics(kafka)
+    services = make_services(args, work)
+    reward, serving, learner = services
     prometheus = None
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

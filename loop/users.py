@@ -54,6 +54,9 @@ class UserStats:
 
     by_version: dict[int, VersionStats] = field(default_factory=lambda: defaultdict(VersionStats))
     errors: int = 0
+    # What serving acknowledged, for audits (bench/chaos): response ids and feedback ids, in order.
+    responses_accepted: list[str] = field(default_factory=list)
+    votes_accepted: list[str] = field(default_factory=list)
 
     @property
     def votes(self) -> int:
@@ -101,6 +104,7 @@ class SimulatedUsers:
                 reply = raw.parse()
                 version = int(raw.headers["x-policy-version"])
                 text, finish = reply.choices[0].message.content or "", reply.choices[0].finish_reason
+                self.stats.responses_accepted.append(reply.id)  # n = 1: the response id is the completion's
                 stats = self.stats.by_version[version]
                 stats.responses += 1
                 stats.words += len(text.split())
@@ -108,6 +112,7 @@ class SimulatedUsers:
                     rating = "up" if rng.random() < self.preference.p_up(prompt, text, finish) else "down"
                     r = await http.post("/v1/feedback", json={"response_id": reply.id, "rating": rating, "user": user})
                     r.raise_for_status()
+                    self.stats.votes_accepted.append(r.json()["feedback_id"])
                     stats.vote(user, reply.id, rating == "up")
             except (APIError, httpx.HTTPError) as exc:
                 self.stats.errors += 1

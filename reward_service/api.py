@@ -4,6 +4,7 @@ Every error answers in OpenAI's envelope ``{"error": {"message", "type", "param"
 field of a malformed body, 400 an empty or oversize batch or an input longer than the context.
 """
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -149,14 +150,19 @@ def metrics(service: ServiceDep) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = None) -> FastAPI:
-    """The FastAPI app; its lifespan loads the model and starts the stream worker, and stops it on exit."""
+def build_app(
+    settings: Settings | None = None,
+    kafka: KafkaSettings | None = None,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The FastAPI app; its lifespan loads the model and starts the stream worker, and stops it on exit.
+    ``on_failure``: called with the error that ended the stream worker (see reward_service/worker.py)."""
     settings = settings or Settings()
     kafka = kafka or KafkaSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = await run_in_threadpool(RewardService, settings, kafka)
+        service = await run_in_threadpool(RewardService, settings, kafka, on_failure)
         service.start()
         app.state.service = service
         try:

@@ -53,7 +53,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(settings.torch_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines narrate every connection
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+    app = build_app(settings, on_failure=_exit)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def _exit(exc: BaseException) -> None:
+    """End the process with status 1 when the stream worker died: a live process that no longer trains
+    would never be restarted by a supervisor. Nothing is lost: the restart resumes from the checkpoint."""
+    logging.getLogger(__name__).critical("stream worker died (%r): exiting with status 1", exc)
+    os._exit(1)
 
 
 if __name__ == "__main__":

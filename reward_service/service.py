@@ -1,6 +1,7 @@
 """What one reward-service process runs: the checkpoint store, the scorer, and the stream worker."""
 
 import logging
+from collections.abc import Callable
 
 from proto.topics import KafkaSettings
 from reward_service.checkpoint import CheckpointStore, new_state
@@ -28,16 +29,24 @@ def ensure_initial_checkpoint(settings: Settings, checkpoints: CheckpointStore) 
 
 
 class RewardService:
-    """Owns the parts of the service and their lifecycle (``start``/``stop``) and reports their health."""
+    """Owns the parts of the service and their lifecycle (``start``/``stop``) and reports their health.
 
-    def __init__(self, settings: Settings, kafka: KafkaSettings):
+    ``on_failure`` is called, from the dying thread, with the error that ended the stream worker.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        kafka: KafkaSettings,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ):
         self.settings = settings
         self.metrics = RewardMetrics()
         self.checkpoints = CheckpointStore(settings.checkpoint_dir)
         ensure_initial_checkpoint(settings, self.checkpoints)
         self.scorer = Scorer(settings, self.checkpoints, self.metrics)
         self.worker = (
-            StreamWorker(settings, kafka, self.scorer, self.checkpoints, self.metrics)
+            StreamWorker(settings, kafka, self.scorer, self.checkpoints, self.metrics, on_failure)
             if settings.train
             else None
         )

@@ -15,19 +15,26 @@ learner asks at training time): nothing is scored on arrival.
 Because offsets are committed only after the checkpoint that contains their effects, and a restart
 resumes from the checkpoint's own offsets (rolling the join store's training marks back to it), a crash
 at any point loses no vote and trains none twice.
+
+A broker outage pauses the loop, it never ends it: every Kafka call goes through the shared retry policy
+(proto/retry.py, backoff up to 30 s, each retry logged); an offset commit is retried for
+``COMMIT_GIVE_UP_S`` and then skipped (the checkpoint holds the offsets; the next commit catches up). Any
+other error ends the thread: it is logged, kept in ``error`` (``/healthz`` answers 503) and handed to
+``on_failure``, which the command line uses to end the process with status 1, so that a supervisor
+restarts it rather than leave a live process that no longer trains.
 """
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
-from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_fixed
 
 from proto import topics, wire
 from proto.device import resolve_device
+from proto.retry import RETRIED, call_with_retry, kafka_retrying
 from proto.topics import KafkaSettings, ensure_topics
 from reward_service.checkpoint import OVERLAY, CheckpointStore, new_state
 from reward_service.identity import Distribution
@@ -41,10 +48,12 @@ from reward_service.trainer import Trainer
 log = logging.getLogger(__name__)
 
 CONSUMED = (topics.INTERACTIONS, topics.FEEDBACK)
+COMMIT_GIVE_UP_S = 60.0
 
 
 class StreamWorker(threading.Thread):
-    """The consumer/trainer thread. ``ready`` is set once it reads Kafka; ``error`` holds what killed it."""
+    """The consumer/trainer thread. ``ready`` is set once it reads Kafka; ``error`` holds what killed it,
+    which is also passed to ``on_failure`` (if given) from the dying thread."""
 
     def __init__(
         self,
@@ -53,6 +62,7 @@ class StreamWorker(threading.Thread):
         scorer: Scorer,
         checkpoints: CheckpointStore,
         metrics: RewardMetrics,
+        on_failure: Callable[[BaseException], None] | None = None,
     ):
         super().__init__(name="reward-stream", daemon=True)
         self.settings = settings
@@ -62,6 +72,7 @@ class StreamWorker(threading.Thread):
         self.metrics = metrics
         self.ready = threading.Event()
         self.error: BaseException | None = None
+        self.on_failure = on_failure
         self.consumer: KafkaConsumer | None = None
         self._stopping = threading.Event()
         self._evaluate_cpu = 0.0
@@ -78,19 +89,20 @@ class StreamWorker(threading.Thread):
         try:
             self._run()
         except BaseException as exc:  # the thread would die silently otherwise; /healthz reports it
+            if self._stopping.is_set() and isinstance(exc, RETRIED):
+                log.warning("stopped while Kafka was unreachable (%r)", exc)
+                return
             self.error = exc
             log.exception("reward stream worker failed")
+            if self.on_failure is not None:
+                self.on_failure(exc)
 
     # -- setup -----------------------------------------------------------------------------------------
 
-    def _retrying(self) -> Retrying:
-        """Retry Kafka calls every second until they succeed or the service stops."""
-        return Retrying(
-            retry=retry_if_exception_type(KafkaError),
-            wait=wait_fixed(1.0),
-            stop=stop_when_event_set(self._stopping),
-            before_sleep=lambda rs: log.warning("kafka not ready (%r); retrying", rs.outcome.exception()),
-            reraise=True,
+    def _retry(self, fn, *args, what: str, give_up_after_s: float | None = None, **kwargs):
+        """``fn(*args, **kwargs)`` retried through a broker outage until the service stops."""
+        return call_with_retry(
+            fn, *args, log=log, what=what, stop=self._stopping, give_up_after_s=give_up_after_s, **kwargs
         )
 
     def _load(self) -> None:
@@ -145,7 +157,7 @@ class StreamWorker(threading.Thread):
         The trainer is one model, so one consumer reads all partitions (``assign``, not a group
         subscription that would split them); the group id still records committed offsets and lag.
         """
-        for attempt in self._retrying():
+        for attempt in kafka_retrying(log, "connecting to Kafka", self._stopping):
             with attempt:
                 ensure_topics(self.kafka)
                 self.consumer = KafkaConsumer(
@@ -158,7 +170,7 @@ class StreamWorker(threading.Thread):
         partitions = []
         for name in CONSUMED:
             topic = self.kafka.topic(name)
-            ids = self.consumer.partitions_for_topic(topic) or set()
+            ids = self._retry(self.consumer.partitions_for_topic, topic, what="reading partitions") or set()
             if not ids:
                 raise RuntimeError(f"topic {topic} has no partitions")
             partitions += [TopicPartition(topic, p) for p in sorted(ids)]
@@ -183,7 +195,12 @@ class StreamWorker(threading.Thread):
         try:
             self._connect()
             while not self._stopping.is_set():
-                self._step()
+                try:
+                    self._step()
+                except RETRIED:
+                    if not self._stopping.is_set():
+                        raise
+                    # stopped while a Kafka call was being retried: save what was trained
             self._checkpoint()
         finally:
             self.ready.clear()
@@ -198,7 +215,9 @@ class StreamWorker(threading.Thread):
         # while votes are ready to train (a backlog in the store, e.g. after a restart).
         wait_ms = 0 if self._backlog.votes >= s.train_min_votes else s.poll_timeout_ms
         with self.metrics.cpu_stage("ingest"):
-            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=s.poll_max_records)
+            polled = self._retry(
+                self.consumer.poll, timeout_ms=wait_ms, max_records=s.poll_max_records, what="polling"
+            )
             for tp, records in polled.items():
                 name = self.short_names[tp.topic]
                 self.metrics.events.labels(name).inc(len(records))
@@ -287,7 +306,9 @@ class StreamWorker(threading.Thread):
     def _offsets(self) -> dict[str, dict[int, int]]:
         offsets: dict[str, dict[int, int]] = {}
         for tp in self.partitions:
-            offsets.setdefault(tp.topic, {})[tp.partition] = self.consumer.position(tp)
+            offsets.setdefault(tp.topic, {})[tp.partition] = self._retry(
+                self.consumer.position, tp, what="reading positions"
+            )
         return offsets
 
     def _checkpoint(self) -> None:
@@ -354,15 +375,18 @@ class StreamWorker(threading.Thread):
     def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
         """Commit ``offsets`` to the consumer group (for lag monitoring; resuming uses the checkpoint's)."""
         try:
-            self.consumer.commit(
+            self._retry(
+                self.consumer.commit,
                 {
                     TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
                     for topic, parts in offsets.items()
                     for partition, offset in parts.items()
-                }
+                },
+                what="offset commit",
+                give_up_after_s=COMMIT_GIVE_UP_S,
             )
-        except KafkaError as exc:  # the checkpoint already holds these offsets: the next commit catches up
-            log.warning("offset commit failed: %r", exc)
+        except RETRIED as exc:  # the checkpoint already holds these offsets: the next commit catches up
+            log.warning("offset commit skipped: %r", exc)
 
     def _publish_identities(self) -> None:
         """Votes per identity among the latest votes received and trained, and how many were over the cap."""

@@ -19,7 +19,7 @@ from vllm.sampling_params import StructuredOutputsParams
 
 from proto import events_pb2, topics, wire
 from serving import metrics
-from serving.engine import Delta, PolicyEngine, RequestRejected, TokenLogprobs
+from serving.engine import Delta, GenerationCut, PolicyEngine, RequestRejected, TokenLogprobs
 from serving.errors import APIError, error_body
 from serving.event_log import EventLog
 from serving.protocol import (
@@ -226,8 +226,12 @@ class ChatService:
     async def complete(self, req: ChatCompletionRequest, caller: Caller, started: float) -> ChatCompletionResponse:
         """Generate every choice whole, record them, return them. Raises :class:`APIError` 503 if not recorded."""
         resp, deltas = await self.start(req, caller, started)
-        async for delta in deltas:
-            resp.add(delta)
+        try:
+            async for delta in deltas:
+                resp.add(delta)
+        except GenerationCut as exc:
+            self._record_partial(req, resp, caller)
+            raise APIError(503, self._cut_message(), "server_error", code="policy_swap") from exc
         try:
             self.record_all(req, resp, caller)
         except OSError as exc:
@@ -280,6 +284,9 @@ class ChatService:
             self.record_all(req, resp, caller)
             if req.include_usage:
                 yield frame([], usage=resp.usage)
+        except GenerationCut:
+            info = ErrorInfo(message=self._cut_message(), type="server_error", code="policy_swap")
+            yield f"data: {json.dumps(error_body(info))}\n\n"
         except OSError as exc:
             log.error("response %s could not be recorded: %s", resp.completion_id, exc)
             info = ErrorInfo(message=f"The response could not be recorded ({exc}).", type="server_error")
@@ -291,9 +298,18 @@ class ChatService:
         finally:
             await deltas.aclose()
             if not finished:
-                # Client went away (or generation failed) midway: what was generated is still logged.
-                try:
-                    self.record_all(req, resp, caller, partial=True)
-                except OSError as exc:
-                    log.error("partial response %s could not be recorded: %s", resp.completion_id, exc)
+                # Client went away (or generation failed or was cut) midway: what was generated is logged.
+                self._record_partial(req, resp, caller)
         yield "data: [DONE]\n\n"
+
+    def _record_partial(self, req: ChatCompletionRequest, resp: _Response, caller: Caller) -> None:
+        """Record the choices that generated something (unfinished ones with finish reason ``abort``)."""
+        try:
+            self.record_all(req, resp, caller, partial=True)
+        except OSError as exc:
+            log.error("partial response %s could not be recorded: %s", resp.completion_id, exc)
+
+    def _cut_message(self) -> str:
+        return (f"The response was cut short: the server switched to a new policy version and this request did "
+                f"not finish within {self.engine.settings.swap_drain_timeout_s:g} s "
+                f"(RLHF_SERVING_SWAP_DRAIN_TIMEOUT_S); please retry.")

@@ -27,6 +27,10 @@ SWAP_DURATION = Histogram("rlhf_swap_duration_seconds", "Time to load a policy's
 GENERATION_PAUSE = Histogram("rlhf_generation_pause_seconds",
                              "Time new requests were held during a swap, draining in-flight ones included (s).",
                              buckets=_LATENCY_BUCKETS)
+SWAP_CUT_REQUESTS = Counter("rlhf_swap_cut_requests_total",
+                            "Requests cut by a swap that waited swap_drain_timeout_s for them to finish.")
+GENERATION_TIMEOUTS = Counter("rlhf_generation_timeouts_total",
+                              "Requests stopped at max_generation_s (finish reason length).")
 SWAP_FAILURES = Counter("rlhf_swap_failures_total",
                         "Policy versions not swapped in: unresolvable URI, sha256 mismatch or failed load.")
 

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     max_model_len: int = Field(2048, description="Context length in tokens (prompt + completion).")
     default_max_tokens: int = Field(256, description="Completion budget when a request sets none (tokens).")
     max_request_bytes: int = Field(1 << 20, description="Largest request body accepted (bytes); larger → 413.")
+    swap_drain_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a policy swap waits for requests in flight to finish on the old "
+        "weights (s); those still running then are cut (a stream ends with an error frame, code policy_swap; "
+        "a non-streaming request gets 503) and the swap proceeds.")
+    max_generation_s: float = Field(
+        300.0, gt=0, description="Longest generation of one request (s); choices unfinished then end with "
+        "finish_reason length.")
     kv_cache_gib: int = Field(1, description="KV cache size on CPU (GiB).")
     state_dir: Path = Field(default_factory=default_state_dir)
     data_dir: Path | None = Field(

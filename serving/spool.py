@@ -9,7 +9,10 @@ File layout in ``directory``:
   ``spool.log``  records, each ``[u32 length][u32 crc32][SpooledRecord bytes]`` (big-endian);
   ``cursor``     the byte offset of the first unacknowledged record (replaced atomically).
 A torn last record (a crash mid-append) fails its length or CRC check and is cut off on open; it was never
-acknowledged to a client.
+acknowledged to a client. An append that fails (a full disk: ``OSError`` mid-write or from fsync) is rolled
+back at once, the log cut to the end of the last good record, so no torn record ever sits before later
+ones: a restart would otherwise cut the later, acknowledged records off with it. If even the rollback
+fails, every append first retries it and fails (the request is refused) until it succeeds.
 
 Delivery is at-least-once: a crash after Kafka acknowledges a batch but before the cursor moves re-sends
 that batch, so consumers deduplicate by the event's id (the record key).
@@ -43,10 +46,11 @@ class Spool:
         self._lock = threading.Lock()
         self._log_path.touch(exist_ok=True)
         self._cursor = self._read_cursor()
-        self._depth, valid_end = self._scan(self._cursor)
-        with open(self._log_path, "r+b") as f:
-            f.truncate(valid_end)
-        self._writer = open(self._log_path, "ab")
+        self._depth, self._end = self._scan(self._cursor)
+        # Unbuffered: after a failed write no bytes wait in a buffer to land behind the rollback.
+        self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND)
+        os.ftruncate(self._fd, self._end)
+        self._torn = False  # a failed append's bytes may be past self._end
 
     def _read_cursor(self) -> int:
         try:
@@ -79,14 +83,29 @@ class Spool:
         return self._depth
 
     def append(self, record: SpooledRecord) -> None:
-        """Durably append ``record``. Raises ``OSError`` when the disk write fails (nothing is accepted)."""
+        """Durably append ``record``. Raises ``OSError`` when the disk write fails: the record is not
+        accepted and the log is rolled back to its last good record (see the module docstring)."""
         payload = record.SerializeToString()
-        frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        frame = memoryview(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
         with self._lock:
-            self._writer.write(frame)
-            self._writer.flush()
-            if self._fsync:
-                os.fsync(self._writer.fileno())
+            if self._torn:
+                os.ftruncate(self._fd, self._end)
+                self._torn = False
+            try:
+                written = 0
+                while written < len(frame):
+                    written += os.write(self._fd, frame[written:])
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError:
+                self._torn = True
+                try:
+                    os.ftruncate(self._fd, self._end)
+                    self._torn = False
+                except OSError:
+                    pass  # retried before the next append
+                raise
+            self._end += len(frame)
             self._depth += 1
 
     def read(self, max_records: int) -> tuple[list[SpooledRecord], int]:
@@ -96,7 +115,7 @@ class Spool:
             pos = self._cursor
             with open(self._log_path, "rb") as f:
                 f.seek(pos)
-                while len(records) < max_records:
+                while len(records) < max_records and pos < self._end:
                     header = f.read(_HEADER.size)
                     if len(header) < _HEADER.size:
                         break
@@ -112,11 +131,10 @@ class Spool:
         with self._lock:
             self._cursor = offset
             self._depth -= count
-            if self._cursor == self._writer.tell():
+            if self._cursor == self._end:
                 # Caught up: truncate first, then reset the cursor (see _read_cursor for the crash case).
-                self._writer.truncate(0)
-                self._writer.seek(0)
-                self._cursor = 0
+                os.ftruncate(self._fd, 0)
+                self._end = self._cursor = 0
             self._write_cursor()
 
     def _write_cursor(self) -> None:
@@ -127,4 +145,4 @@ class Spool:
     def close(self) -> None:
         """Close the log file."""
         with self._lock:
-            self._writer.close()
+            os.close(self._fd)

@@ -38,3 +38,61 @@ def test_torn_tail_is_cut(tmp_path):
     reopened = Spool(tmp_path)
     assert reopened.depth == 1
     assert [r.key for r in reopened.read(10)[0]] == [b"k0"]
+
+
+def test_failed_append_is_rolled_back(tmp_path, monkeypatch):
+    """A disk that fills up mid-write: the half-written record is cut at once, so later appends and a
+    restart keep every acknowledged record (a torn frame in the middle would cut them off on open)."""
+    import errno
+    import os
+
+    import pytest
+
+    from serving import spool as spool_module
+
+    spool = Spool(tmp_path)
+    spool.append(rec(0))
+    real_write, real_fsync = os.write, os.fsync
+    failures = {"write": 1, "fsync": 1, "truncate": 1}
+
+    def half_write(fd, data):  # writes half the frame to the real file, then the disk is full
+        if failures["write"]:
+            failures["write"] -= 1
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def failing_fsync(fd):
+        if failures["fsync"]:
+            failures["fsync"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(spool_module.os, "write", half_write)
+    with pytest.raises(OSError):
+        spool.append(rec(1))
+    assert (tmp_path / "spool.log").stat().st_size == len(spool_module._HEADER.pack(0, 0)) + len(
+        rec(0).SerializeToString())
+    spool.append(rec(2))
+
+    # fsync fails after a whole write, and the rollback itself fails once: the next append rolls back first.
+    monkeypatch.setattr(spool_module.os, "fsync", failing_fsync)
+    real_truncate = os.ftruncate
+
+    def failing_truncate(fd, length):
+        if failures["truncate"]:
+            failures["truncate"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return real_truncate(fd, length)
+
+    monkeypatch.setattr(spool_module.os, "ftruncate", failing_truncate)
+    with pytest.raises(OSError):
+        spool.append(rec(3))
+    spool.append(rec(4))
+    assert spool.depth == 3
+    assert [r.key for r in spool.read(10)[0]] == [b"k0", b"k2", b"k4"]
+    spool.close()
+
+    reopened = Spool(tmp_path)
+    assert reopened.depth == 3
+    assert [r.key for r in reopened.read(10)[0]] == [b"k0", b"k2", b"k4"]
