@@ -276,7 +276,6 @@ class PolicyEngine:
                 metrics.GENERATION_PAUSE.observe(pause)
         return pause
 
-
     async def _drain(self) -> None:
         """Wait until no request holds the current weights, at most ``settings.swap_drain_timeout_s``;
         then cut those still in flight: mark them, release their hold and abort them in the engine (before
