@@ -28,7 +28,7 @@ from loop import report
 from loop.preference import PREFERENCES
 from loop.processes import ROOT, Service
 from loop.report import make_console, scrape
-from loop.users import SimulatedUsers, UserStats
+from loop.users import SimulatedUsers, UserStats, provision_keys
 from proto.topics import KafkaSettings, ensure_topics
 from serving.settings import default_state_dir
 
@@ -133,18 +133,24 @@ def services_line(services: list[Service]) -> str:
     return "services: " + ", ".join(parts) if parts else ""
 
 
-def make_users(args: argparse.Namespace, serving: Service) -> SimulatedUsers:
-    """The simulated users of ``args`` (count, preference, budget, seed) on ``serving``."""
-    return SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), n_users=args.users,
+def keys_file_of(work: Path) -> Path:
+    """Serving's API keys file under the main job's work dir."""
+    return work / "serving" / "api_keys"
+
+
+def make_users(args: argparse.Namespace, serving: Service, work: Path) -> SimulatedUsers:
+    """The simulated users of ``args`` (count, preference, budget, seed) on ``serving``, each with a fresh
+    key of its own in serving's keys file (so they authenticate like any client)."""
+    api_keys = provision_keys(keys_file_of(work), args.users)
+    return SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), api_keys,
                           max_tokens=args.max_tokens, seed=args.seed)
 
 
-async def drive(args: argparse.Namespace, services: list[Service], stop: asyncio.Event,
-                users: SimulatedUsers | None = None) -> UserStats:
-    """Run the simulated users (default: :func:`make_users`) until ``stop`` with ``services`` (reward,
-    serving, learner) supervised, printing progress; return their statistics."""
+async def drive(args: argparse.Namespace, services: list[Service], users: SimulatedUsers,
+                stop: asyncio.Event) -> UserStats:
+    """Run ``users`` until ``stop`` with ``services`` (reward, serving, learner) supervised, printing
+    progress; return their statistics."""
     _, serving, learner = services
-    users = users or make_users(args, serving)
     started = time.monotonic()
 
     async def watch_versions() -> None:
@@ -177,8 +183,13 @@ def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
     log_dir = work / "logs"
     model = default_state_dir() / "models" / "SmolLM2-135M-Instruct"
     # Every service keeps its data under the work dir and starts from the bundled model.
+    # The simulated users authenticate with keys of their own in serving's keys file (add yours with
+    # `python -m serving.keys --file <work>/serving/api_keys add USER`); anonymous mode lets the chat page at /
+    # work without one.
+    keys_file = keys_file_of(work)
     env = {"RLHF_STATE_DIR": str(work), "HF_HUB_OFFLINE": "1", "RLHF_SERVING_MODEL_PATH": str(model),
-           "RLHF_REWARD_BASE_MODEL": str(model), "RLHF_LEARNER_INIT_MODEL": str(model)}
+           "RLHF_REWARD_BASE_MODEL": str(model), "RLHF_LEARNER_INIT_MODEL": str(model),
+           "RLHF_SERVING_API_KEYS_FILE": str(keys_file), "RLHF_SERVING_ANONYMOUS": "true"}
     reward = Service("reward_service.cli", args.reward_port, env, log_dir / "reward_service.log")
     serving = Service("serving.cli", args.serving_port, env, log_dir / "serving.log")
     learner = Service("learner.cli", args.learner_port, env | {"RLHF_LEARNER_REWARD_URL": reward.url},
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         if args.duration:
             loop.call_later(args.duration, stop.set)
-        loop.run_until_complete(drive(args, services, stop))
+        loop.run_until_complete(drive(args, services, make_users(args, serving, work), stop))
         # Serving first: no new events, its spool drains to Kafka. The learner then finishes its iteration
         # (and publishes its verdict) before the report, so the report counts every version.
         console.print("stopping serving, then the learner (it finishes its iteration) ...")

@@ -11,9 +11,24 @@ import httpx
 from openai import APIError, AsyncOpenAI
 
 from loop.preference import Preference
+from serving.keys import KeyFile
 
 log = logging.getLogger(__name__)
 PROMPTS_FILE = Path(__file__).with_name("prompts.txt")
+
+
+def user_id(i: int) -> str:
+    """The user id of simulated user ``i``."""
+    return f"sim-user-{i}"
+
+
+def provision_keys(keys_file: Path, n_users: int) -> list[str]:
+    """Fresh API keys for simulated users 0 … n_users-1 in serving's ``keys_file`` (their keys of an earlier
+    run revoked), so the users authenticate like any client."""
+    keys = KeyFile(keys_file)
+    for i in range(n_users):
+        keys.revoke(user_id(i))
+    return [keys.add(user_id(i)) for i in range(n_users)]
 
 
 def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
@@ -64,43 +79,47 @@ class UserStats:
 
 
 class SimulatedUsers:
-    """``n_users`` users chatting concurrently until stopped.
+    """One user per API key, chatting concurrently until stopped; each votes with the feedback token of the
+    reply it got.
 
     Args:
         base_url: serving's root URL, e.g. ``http://127.0.0.1:8000``.
         model: served model name.
         preference: the hidden taste that decides votes.
-        n_users: concurrent users.
+        api_keys: user i's key (see :func:`provision_keys`); one user per key.
         vote_rate: probability that a user votes on a response at all.
         max_tokens: completion budget per request (tokens).
         think_time_s: pause between a user's requests (s).
         seed: makes prompt choice and votes repeatable.
     """
 
-    def __init__(self, base_url: str, model: str, preference: Preference, n_users: int = 4, vote_rate: float = 0.8,
-                 max_tokens: int = 96, think_time_s: float = 0.5, seed: int = 0):
-        self.base_url, self.model, self.preference = base_url, model, preference
-        self.n_users, self.vote_rate, self.max_tokens, self.think_time_s = n_users, vote_rate, max_tokens, think_time_s
+    def __init__(self, base_url: str, model: str, preference: Preference, api_keys: list[str],
+                 vote_rate: float = 0.8, max_tokens: int = 96, think_time_s: float = 0.5, seed: int = 0):
+        self.base_url, self.model, self.preference, self.api_keys = base_url, model, preference, api_keys
+        self.vote_rate, self.max_tokens, self.think_time_s = vote_rate, max_tokens, think_time_s
         self.prompts = load_prompts()
         self.seed = seed
         self.stats = UserStats()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every user until ``stop`` is set; requests in flight finish first (nothing half-sent)."""
-        client = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=2, timeout=300)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            await asyncio.gather(*(self._user(i, client, http, stop) for i in range(self.n_users)))
-        await client.close()
+        await asyncio.gather(*(self._user(i, key, stop) for i, key in enumerate(self.api_keys)))
 
-    async def _user(self, i: int, client: AsyncOpenAI, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def _user(self, i: int, key: str, stop: asyncio.Event) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=2, timeout=300) as client, \
+                httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=headers) as http:
+            await self._chat(i, client, http, stop)
+
+    async def _chat(self, i: int, client: AsyncOpenAI, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         rng = random.Random(self.seed * 1000 + i)
-        user = f"sim-user-{i}"
+        user = user_id(i)
         while not stop.is_set():
             prompt = rng.choice(self.prompts)
             try:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=self.max_tokens,
-                    temperature=1.0, user=user)
+                    temperature=1.0)
                 reply = raw.parse()
                 version = int(raw.headers["x-policy-version"])
                 text, finish = reply.choices[0].message.content or "", reply.choices[0].finish_reason
@@ -110,7 +129,8 @@ class SimulatedUsers:
                 stats.words += len(text.split())
                 if rng.random() < self.vote_rate:
                     rating = "up" if rng.random() < self.preference.p_up(prompt, text, finish) else "down"
-                    r = await http.post("/v1/feedback", json={"response_id": reply.id, "rating": rating, "user": user})
+                    r = await http.post("/v1/feedback", json={
+                        "response_id": reply.id, "feedback_token": reply.choices[0].feedback_token, "rating": rating})
                     r.raise_for_status()
                     self.stats.votes_accepted.append(r.json()["feedback_id"])
                     stats.vote(user, reply.id, rating == "up")

@@ -78,7 +78,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., response_format: _Optional[str] = ..., json_schema: _Optional[str] = ..., n: _Optional[int] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("response_id", "created_at", "user_id", "session_id", "model", "policy_version", "prompt_messages", "prompt_token_ids", "response_text", "response_token_ids", "behaviour_logprobs", "sampling", "finish_reason", "request_id", "completion_id", "choice_index")
+    __slots__ = ("response_id", "created_at", "user_id", "session_id", "model", "policy_version", "prompt_messages", "prompt_token_ids", "response_text", "response_token_ids", "behaviour_logprobs", "sampling", "finish_reason", "request_id", "completion_id", "choice_index", "end_user_id")
     RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Interaction(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_ID_FIELD_NUMBER: _ClassVar[int]
     CHOICE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    END_USER_ID_FIELD_NUMBER: _ClassVar[int]
     response_id: str
     created_at: _timestamp_pb2.Timestamp
     user_id: str
@@ -111,7 +112,8 @@ class Interaction(_message.Message):
     request_id: str
     completion_id: str
     choice_index: int
-    def __init__(self, response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompt_messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., response_text: _Optional[str] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., finish_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., completion_id: _Optional[str] = ..., choice_index: _Optional[int] = ...) -> None: ...
+    end_user_id: str
+    def __init__(self, response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompt_messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., response_text: _Optional[str] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., finish_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., completion_id: _Optional[str] = ..., choice_index: _Optional[int] = ..., end_user_id: _Optional[str] = ...) -> None: ...
 
 class Feedback(_message.Message):
     __slots__ = ("feedback_id", "response_id", "created_at", "user_id", "rating", "comment", "policy_version", "replaces_feedback_id")

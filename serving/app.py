@@ -3,6 +3,7 @@
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -12,10 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto.topics import KafkaSettings
 from serving import admin, errors, metrics, ui
+from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
 from serving.chat import Caller, ChatService
 from serving.engine import PolicyEngine
 from serving.event_log import EventLog
-from serving.feedback import record_feedback
+from serving.feedback import FeedbackService
+from serving.limits import RateLimiter, StreamSlots, retry_after
 from serving.policy_follower import PolicyFollower
 from serving.protocol import (
     ChatCompletionRequest,
@@ -25,8 +28,9 @@ from serving.protocol import (
     ModelCard,
     ModelList,
 )
-from serving.response_index import ResponseIndex
 from serving.settings import Settings
+from serving.signing import Signer, load_secret
+from serving.votes import CurrentVotes
 
 
 class MetricsMiddleware:
@@ -113,13 +117,37 @@ State = Annotated[object, Depends(get_state)]
 
 def caller_of(
     request: Request,
+    identity: Identified,
     x_request_id: Annotated[str | None, Header(max_length=128)] = None,
     x_session_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Caller:
-    """Ids for the events: the request id (propagated from X-Request-Id), user and session (X-Session-Id)."""
+    """Ids for the events: the request id (propagated from X-Request-Id), the authenticated user and the
+    session (X-Session-Id). Raises :class:`APIError` 401 without a valid identity, 429 over the caller's
+    chat rate."""
+    wait = request.app.state.chat_limiter.take(identity.user_id)
+    if wait:
+        limiter = request.app.state.chat_limiter
+        raise errors.APIError(429, f"Rate limit reached for chat completions: {limiter.per_minute:g} requests per "
+                                   f"minute per user. Retry after {retry_after(wait)} s.", "requests",
+                              code="rate_limit_exceeded", headers={"retry-after": retry_after(wait)})
     request_id = x_request_id or f"req-{uuid.uuid4().hex}"
     request.state.request_id = request_id
-    return Caller(request_id=request_id, user_id="anonymous", session_id=x_session_id or "")
+    return Caller(request_id=request_id, user_id=identity.user_id, session_id=x_session_id or "")
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """A stream that calls ``release`` when it ends, however it ends: finished, failed, closed when the
+    client left, or never started because the client was gone before the first byte."""
+
+    def __init__(self, *args, release: Callable[[], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 router = APIRouter()
@@ -128,14 +156,23 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"])
 async def chat_completions(req: ChatCompletionRequest, state: State, caller: Annotated[Caller, Depends(caller_of)]):
     started = time.monotonic()
-    caller.user_id = req.user_id
     chat: ChatService = state.chat
     if req.stream:
-        resp, deltas = await chat.start(req, caller, started)
-        return StreamingResponse(
+        slots: StreamSlots = state.stream_slots
+        if not slots.acquire(caller.user_id):
+            raise errors.APIError(429, f"Too many streams open: at most {slots.limit} at once per user. Retry "
+                                       "when one has finished.", "requests", code="rate_limit_exceeded",
+                                  headers={"retry-after": "1"})
+        try:
+            resp, deltas = await chat.start(req, caller, started)
+        except BaseException:
+            slots.release(caller.user_id)
+            raise
+        return SlotStreamingResponse(
             chat.stream(req, caller, resp, deltas),
             media_type="text/event-stream",
             headers={"X-Policy-Version": str(resp.version), "X-Request-Id": caller.request_id},
+            release=lambda: slots.release(caller.user_id),
         )
     body = await chat.complete(req, caller, started)
     return JSONResponse(
@@ -152,8 +189,8 @@ async def list_models(state: State) -> ModelList:
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"])
-async def feedback(req: FeedbackRequest, state: State) -> FeedbackResponse:
-    return record_feedback(req, state.index, state.event_log)
+async def feedback(req: FeedbackRequest, state: State, caller: Identified) -> FeedbackResponse:
+    return state.feedback.record(req, caller)
 
 
 @router.get("/healthz", tags=["ops"])
@@ -187,10 +224,17 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
         state.started_at = int(time.time())
         state.event_log = EventLog(kafka, settings.data_dir / "spool")
         state.event_log.start()
-        state.index = ResponseIndex(settings.data_dir / "responses.sqlite")
+        signer = Signer(load_secret(settings.secret, settings.state_dir / "serving" / "secret"))
+        state.auth = Authenticator(settings, signer)
+        state.chat_limiter = RateLimiter(settings.chat_per_minute)
+        state.stream_slots = StreamSlots(settings.max_streams_per_user)
+        state.votes = CurrentVotes(settings.data_dir / "votes.sqlite")
+        state.feedback = FeedbackService(signer, state.votes, state.event_log,
+                                         RateLimiter(settings.feedback_per_minute))
         state.engine = PolicyEngine(settings)
         await state.engine.start()
-        state.chat = ChatService(state.engine, state.event_log, state.index, settings.served_model_name)
+        state.chat = ChatService(state.engine, state.event_log, signer, settings.feedback_token_ttl_s,
+                                 settings.served_model_name)
         state.follower = PolicyFollower(kafka, state.engine, settings.model_path, asyncio.get_running_loop())
         state.follower.start()
         try:
@@ -199,7 +243,7 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
             state.follower.stop()
             state.engine.shutdown()
             state.event_log.close()
-            state.index.close()
+            state.votes.close()
 
     app = FastAPI(title="online-rlhf serving", lifespan=lifespan)
     errors.install(app)
@@ -207,5 +251,6 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
     app.include_router(admin.router)
     ui.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(IdentityCookieMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app

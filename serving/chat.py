@@ -36,7 +36,7 @@ from serving.protocol import (
     TopLogprob,
     Usage,
 )
-from serving.response_index import ResponseIndex
+from serving.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +142,22 @@ class ChatService:
     Args:
         engine: the policy engine.
         event_log: where Interaction events go (durable on return of ``publish``).
-        index: records served response ids so votes can refer to them.
+        signer: signs each choice's feedback token (the caller's permission to vote on it).
+        token_ttl_s: how long a feedback token stays valid (s).
         model_name: the served model name clients must ask for.
     """
 
-    def __init__(self, engine: PolicyEngine, event_log: EventLog, index: ResponseIndex, model_name: str):
+    def __init__(self, engine: PolicyEngine, event_log: EventLog, signer: Signer, token_ttl_s: float,
+                 model_name: str):
         self.engine = engine
         self.event_log = event_log
-        self.index = index
+        self.signer = signer
+        self.token_ttl_s = token_ttl_s
         self.model_name = model_name
+
+    def feedback_token(self, resp: "_Response", choice: "_Choice", caller: Caller) -> str:
+        """The token that lets ``caller`` vote on ``choice``."""
+        return self.signer.feedback_token(choice.response_id, caller.user_id, resp.version, self.token_ttl_s)
 
     async def start(
         self, req: ChatCompletionRequest, caller: Caller, started: float
@@ -180,7 +187,7 @@ class ChatService:
         return _Response(completion_id, version, prompt_ids, max_tokens, started, choices), deltas
 
     def record(self, req: ChatCompletionRequest, resp: _Response, choice: _Choice, caller: Caller) -> None:
-        """Log ``choice`` as one Interaction event and index its id. Raises ``OSError`` if not durable."""
+        """Log ``choice`` as one Interaction event. Raises ``OSError`` if not durable."""
         event = events_pb2.Interaction(
             response_id=choice.response_id,
             created_at=wire.now(),
@@ -210,9 +217,9 @@ class ChatService:
             request_id=caller.request_id,
             completion_id=resp.completion_id,
             choice_index=choice.index,
+            end_user_id=req.end_user_id,
         )
         self.event_log.publish(topics.INTERACTIONS, event)
-        self.index.add_response(choice.response_id, resp.version)
         metrics.GENERATED_TOKENS.labels(policy_version=str(resp.version)).inc(len(choice.token_ids))
 
     def record_all(self, req: ChatCompletionRequest, resp: _Response, caller: Caller, *, partial: bool = False):
@@ -242,7 +249,7 @@ class ChatService:
             model=self.model_name,
             choices=[Choice(index=c.index, message=ResponseMessage(content="".join(c.text)),
                             finish_reason=c.finish_reason, logprobs=logprobs_of(c.tokens, req.logprobs, self.engine),
-                            response_id=c.response_id)
+                            response_id=c.response_id, feedback_token=self.feedback_token(resp, c, caller))
                      for c in resp.choices],
             usage=resp.usage,
             service_tier="default" if req.service_tier else None,
@@ -254,7 +261,7 @@ class ChatService:
     ) -> AsyncIterator[str]:
         """Server-sent events of an admitted request (see :meth:`start`), then ``[DONE]``.
 
-        Each choice opens with a chunk carrying its role and ``response_id``; then its text (and
+        Each choice opens with a chunk carrying its role, ``response_id`` and ``feedback_token``; then its text (and
         ``logprobs`` when asked for) as it is generated, a chunk per engine step, with the right ``index``;
         then its ``finish_reason``. The usage chunk (``stream_options.include_usage``) comes last. The
         choices are recorded when generation ends, also when the client disconnects midway (then with
@@ -271,7 +278,8 @@ class ChatService:
         try:
             for c in resp.choices:
                 yield frame([ChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""),
-                                         response_id=c.response_id)])
+                                         response_id=c.response_id,
+                                         feedback_token=self.feedback_token(resp, c, caller))])
             async for delta in deltas:
                 resp.add(delta)
                 # A step may generate tokens but no text yet (held back: a possible stop string or part of a

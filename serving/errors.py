@@ -1,10 +1,11 @@
 """One error envelope (OpenAI's) and the one place that maps every exception to an HTTP status code.
 
-A request the client must change gets 400 ``invalid_request_error`` (413 when its body is too large, 404
-for an unknown model or response id) naming the offending field in ``param`` as a dotted path
-(``messages.0.role``) and saying what to change; FastAPI's 422 never reaches a client, because the
-official ``openai`` client raises a different exception class for it than for OpenAI's own 400. 500 and
-503 are ours: a fault of this server, or a dependency it cannot reach.
+A caller without a valid API key gets 401, a vote without a valid feedback token or on another's response
+403, a caller over a rate limit 429 with ``Retry-After``. A request the client must change gets 400
+``invalid_request_error`` (413 when its body is too large, 404 for an unknown model) naming the offending
+field in ``param`` as a dotted path (``messages.0.role``) and saying what to change; FastAPI's 422 never
+reaches a client, because the official ``openai`` client raises a different exception class for it than for
+OpenAI's own 400. 500 and 503 are ours: a fault of this server, or a dependency it cannot reach.
 """
 
 import logging
@@ -24,10 +25,12 @@ log = logging.getLogger(__name__)
 class APIError(Exception):
     """An error to return to the client as ``status`` with OpenAI's error envelope."""
 
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.info = ErrorInfo(message=message, type=type_, param=param, code=code)
+        self.headers = headers  # e.g. Retry-After of a 429
 
 
 def error_body(info: ErrorInfo) -> dict:
@@ -35,8 +38,8 @@ def error_body(info: ErrorInfo) -> dict:
     return ErrorResponse(error=info).model_dump()
 
 
-def _response(status: int, info: ErrorInfo) -> JSONResponse:
-    return JSONResponse(error_body(info), status_code=status)
+def _response(status: int, info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(info), status_code=status, headers=headers)
 
 
 def param_path(loc: tuple, body: Any) -> str | None:
@@ -138,7 +141,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return _response(exc.status, exc.info)
+    return _response(exc.status, exc.info, exc.headers)
 
 
 async def _context_length(_: Request, exc: ContextLengthError) -> JSONResponse:

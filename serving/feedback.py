@@ -1,45 +1,92 @@
-"""Thumbs feedback: validate a vote against the served responses and log one Feedback event."""
+"""Thumbs feedback: check that the caller may vote on the response, then log one Feedback event.
+
+The permission is the response's feedback token (serving/signing.py): signed by a replica that shares the
+secret, for this response, for this caller, not expired. So any replica accepts a vote for a response
+another one served, with no shared index.
+"""
 
 import uuid
 
 from proto import events_pb2, topics, wire
 from serving import metrics
+from serving.auth import Identity
 from serving.errors import APIError
 from serving.event_log import EventLog
+from serving.limits import RateLimiter, retry_after
 from serving.protocol import FeedbackRequest, FeedbackResponse
-from serving.response_index import ResponseIndex
+from serving.signing import ExpiredToken, FeedbackGrant, InvalidToken, Signer
+from serving.votes import CurrentVotes
 
 _RATINGS = {"up": events_pb2.RATING_UP, "down": events_pb2.RATING_DOWN}
 
 
-def record_feedback(req: FeedbackRequest, index: ResponseIndex, event_log: EventLog) -> FeedbackResponse:
-    """Log ``req`` as a Feedback event, replacing the same user's earlier vote on the response.
+class FeedbackService:
+    """Accepts votes.
 
-    Raises :class:`APIError` 404 for a response id this service never returned, 503 when the vote cannot
-    be made durable.
+    Args:
+        signer: checks feedback tokens.
+        votes: each user's current vote on this replica (for ``replaces_feedback_id``).
+        event_log: where Feedback events go (durable on return of ``publish``).
+        limiter: votes per identity per minute.
     """
-    version = index.policy_version_of(req.response_id)
-    if version is None:
-        raise APIError(404, f"No response with id '{req.response_id}' was served here.", "invalid_request_error",
-                       param="response_id", code="response_not_found")
-    user_id = req.user or "anonymous"
-    feedback_id = f"fb-{uuid.uuid4().hex}"
-    replaces = index.current_vote(req.response_id, user_id)
-    event = events_pb2.Feedback(
-        feedback_id=feedback_id,
-        response_id=req.response_id,
-        created_at=wire.now(),
-        user_id=user_id,
-        rating=_RATINGS[req.rating],
-        comment=req.comment or "",
-        policy_version=version,
-        replaces_feedback_id=replaces or "",
-    )
-    try:
-        event_log.publish(topics.FEEDBACK, event)
-    except OSError as exc:
-        raise APIError(503, f"The vote could not be recorded ({exc}); please retry.", "server_error") from exc
-    index.set_vote(req.response_id, user_id, feedback_id)
-    metrics.FEEDBACK.labels(rating=req.rating, policy_version=str(version)).inc()
-    return FeedbackResponse(feedback_id=feedback_id, response_id=req.response_id, rating=req.rating,
-                            policy_version=version, replaces_feedback_id=replaces)
+
+    def __init__(self, signer: Signer, votes: CurrentVotes, event_log: EventLog, limiter: RateLimiter):
+        self.signer, self.votes, self.event_log, self.limiter = signer, votes, event_log, limiter
+
+    def grant(self, req: FeedbackRequest, caller: Identity) -> FeedbackGrant:
+        """The verified permission for ``caller`` to vote on ``req.response_id``.
+
+        Raises :class:`APIError` 403 for a token that is not genuine, is for another response, has expired,
+        or was issued to another identity.
+        """
+        try:
+            grant = self.signer.verify_feedback_token(req.feedback_token)
+        except ExpiredToken as exc:
+            raise APIError(403, f"Voting on this response closed: its feedback_token {exc}.",
+                           "invalid_request_error", param="feedback_token", code="feedback_token_expired") from exc
+        except InvalidToken as exc:
+            raise APIError(403, "This feedback_token was not issued by this service (or was altered): send the "
+                                "feedback_token that came with the response.", "invalid_request_error",
+                           param="feedback_token", code="invalid_feedback_token") from exc
+        if grant.response_id != req.response_id:
+            raise APIError(403, f"This feedback_token is for response '{grant.response_id}', not "
+                                f"'{req.response_id}'.", "invalid_request_error", param="feedback_token",
+                           code="invalid_feedback_token")
+        if grant.user_id != caller.user_id:
+            raise APIError(403, "Only the user who received a response can vote on it.", "permission_error",
+                           param="response_id", code="not_your_response")
+        return grant
+
+    def record(self, req: FeedbackRequest, caller: Identity) -> FeedbackResponse:
+        """Log ``req`` as a Feedback event of ``caller``, replacing their earlier vote on the response (when
+        cast through this replica).
+
+        Raises :class:`APIError` 429 (with Retry-After) over the caller's vote rate, 403 (see :meth:`grant`),
+        503 when the vote cannot be made durable.
+        """
+        wait = self.limiter.take(caller.user_id)
+        if wait:
+            raise APIError(429, f"Rate limit reached for votes: {self.limiter.per_minute:g} per minute per user. "
+                                f"Retry after {retry_after(wait)} s.", "requests", code="rate_limit_exceeded",
+                           headers={"retry-after": retry_after(wait)})
+        grant = self.grant(req, caller)
+        feedback_id = f"fb-{uuid.uuid4().hex}"
+        replaces = self.votes.current(req.response_id, caller.user_id)
+        event = events_pb2.Feedback(
+            feedback_id=feedback_id,
+            response_id=req.response_id,
+            created_at=wire.now(),
+            user_id=caller.user_id,
+            rating=_RATINGS[req.rating],
+            comment=req.comment or "",
+            policy_version=grant.policy_version,
+            replaces_feedback_id=replaces or "",
+        )
+        try:
+            self.event_log.publish(topics.FEEDBACK, event)
+        except OSError as exc:
+            raise APIError(503, f"The vote could not be recorded ({exc}); please retry.", "server_error") from exc
+        self.votes.set(req.response_id, caller.user_id, feedback_id)
+        metrics.FEEDBACK.labels(rating=req.rating, policy_version=str(grant.policy_version)).inc()
+        return FeedbackResponse(feedback_id=feedback_id, response_id=req.response_id, rating=req.rating,
+                                policy_version=grant.policy_version, replaces_feedback_id=replaces)

@@ -176,7 +176,8 @@ class ChatCompletionRequest(Strict):
     ] = None
     response_format: ResponseFormat | None = None
     safety_identifier: Text | None = Field(
-        None, max_length=128, description="End-user id; the events' user id when `user` is not set.")
+        None, max_length=128, description="End-user id; recorded as the events' end_user_id when `user` is not "
+                                          "set.")
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     service_tier: Annotated[Literal["auto", "default", "flex", "scale", "priority", "fast"] | None, _only(
         ("auto", "default"), "This server has one service tier: use 'auto' or 'default'.")] = None
@@ -190,7 +191,9 @@ class ChatCompletionRequest(Strict):
     tools: refused(_NO_TOOLS) = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     top_p: Annotated[float, _default_if_null(1.0)] = Field(1.0, gt=0.0, le=1.0)
-    user: Text | None = Field(None, max_length=256, description="End-user id; recorded as the events' user id.")
+    user: Text | None = Field(None, max_length=256, description="End-user id, as the client claims it; recorded "
+                                                                "as the events' end_user_id. Identity (ownership "
+                                                                "of votes, limits) comes from the API key.")
     verbosity: refused("This model has no verbosity control; ask for the length you want in the messages.") = None
     web_search_options: refused("This server has no web search.") = None
 
@@ -247,9 +250,9 @@ class ChatCompletionRequest(Strict):
         return self.stop or []
 
     @property
-    def user_id(self) -> str:
-        """Who the events name as the user: ``user``, else ``safety_identifier``, else ``anonymous``."""
-        return self.user or self.safety_identifier or "anonymous"
+    def end_user_id(self) -> str:
+        """The end user the client names (not authenticated): ``user``, else ``safety_identifier``, else ''."""
+        return self.user or self.safety_identifier or ""
 
     @property
     def include_usage(self) -> bool:
@@ -300,6 +303,8 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     response_id: str = Field(description="Extension: this choice's id for /v1/feedback (the completion id "
                                          "when n is 1).")
+    feedback_token: str = Field(description="Extension: the signed token /v1/feedback needs to accept the "
+                                            "caller's vote on this choice.")
 
 
 class ChatCompletionResponse(BaseModel):
@@ -325,6 +330,8 @@ class ChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     response_id: str | None = Field(None, description="Extension: this choice's id for /v1/feedback, in the "
                                                       "first chunk of each choice.")
+    feedback_token: str | None = Field(None, description="Extension: the signed token /v1/feedback needs, in "
+                                                         "the first chunk of each choice.")
 
 
 class ChatCompletionChunk(BaseModel):
@@ -355,9 +362,11 @@ class FeedbackRequest(Strict):
     """A thumbs vote on a response this service generated (our API, not OpenAI's)."""
 
     response_id: str = Field(min_length=1, max_length=128)
+    feedback_token: str = Field(min_length=1, max_length=2048, description="The choice's feedback_token.")
     rating: Literal["up", "down"]
     comment: Text | None = Field(None, max_length=4000)
-    user: Text | None = Field(None, max_length=256, description="Voter id; defaults to 'anonymous'.")
+    user: refused("The voter is the caller's identity (its API key, or the anonymous identity cookie); "
+                  "remove 'user'.") = None
 
 
 class FeedbackResponse(BaseModel):

@@ -44,16 +44,40 @@ class Settings(BaseSettings):
     kv_cache_gib: int = Field(1, description="KV cache size on CPU (GiB).")
     state_dir: Path = Field(default_factory=default_state_dir)
     data_dir: Path | None = Field(
-        None, description="Serving's own durable data: event spool and response index (default <state>/serving)."
+        None, description="Serving's own durable data: event spool and current-vote index (default <state>/serving)."
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the /admin endpoints; they are disabled without one."
     )
+    api_keys_file: Path | None = Field(
+        None, description="API keys: lines '<sha256 hex of the key> <user id>' (default <state>/serving/api_keys; "
+        "add one with `python -m serving.keys add USER`). Re-read when it changes.")
+    anonymous: bool = Field(
+        False, description="Also serve clients without a key: each browser gets a server-signed identity "
+        "'anon-…' in a cookie. For the local chat page and demos; off by default.")
+    anonymous_per_minute: float = Field(
+        10.0, gt=0, description="New anonymous identities one client IP may get per minute (burst the same).")
+    secret: SecretStr | None = Field(
+        None, description="Key (≥ 32 characters) that signs feedback tokens and anonymous identities; every "
+        "replica behind one load balancer needs the same. Default: generated once into <state>/serving/secret.")
+    feedback_token_ttl_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="How long after a response votes on it are accepted (s).")
+    chat_per_minute: float = Field(
+        60.0, gt=0, description="Chat completion requests one identity may make per minute, per replica "
+        "(burst the same).")
+    feedback_per_minute: float = Field(
+        30.0, gt=0, description="Votes one identity may cast per minute, per replica (burst the same).")
+    max_streams_per_user: int = Field(
+        4, ge=1, description="Streaming chat completions one identity may have open at once, per replica.")
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":
         if self.data_dir is None:
             self.data_dir = self.state_dir / "serving"
+        if self.api_keys_file is None:
+            self.api_keys_file = self.state_dir / "serving" / "api_keys"
+        if self.secret is not None and len(self.secret.get_secret_value()) < 32:
+            raise ValueError("RLHF_SERVING_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         if not (self.model_path / "config.json").exists():
             raise ValueError(f"no model at {self.model_path} (RLHF_SERVING_MODEL_PATH): run ./rlhf setup, or "
                              "point it at a Hugging Face model directory")

@@ -247,14 +247,14 @@ def main(argv: list[str] | None = None) -> None:
         reward.wait_ready()
         serving.wait_ready("/readyz", timeout_s=600)
         learner.wait_ready("/metrics", timeout_s=600)
-        users = main_job.make_users(loop_args, serving)
+        users = main_job.make_users(loop_args, serving, work)
         chaos = Chaos(args, services, users, broker_port, broker_dir, stop)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.call_later(args.minutes * 60, stop.set)
         t0 = time.monotonic()
 
         async def both() -> None:
-            await asyncio.gather(main_job.drive(loop_args, services, stop, users),
+            await asyncio.gather(main_job.drive(loop_args, services, users, stop),
                                  chaos.run(result["schedule"], t0))
 
         loop.run_until_complete(both())

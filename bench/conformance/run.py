@@ -51,8 +51,8 @@ WORD = "日本語😀"
 class Server:
     """A running server's chat endpoint: ``post`` returns (status, JSON body or list of SSE payloads)."""
 
-    def __init__(self, url: str):
-        self.url, self.http = url, httpx.Client(timeout=300)
+    def __init__(self, url: str, headers: dict[str, str]):
+        self.url, self.http = url, httpx.Client(timeout=300, headers=headers)
 
     def post(self, body=None, *, content: bytes | None = None, headers: dict | None = None):
         url = self.url + "/v1/chat/completions"
@@ -348,10 +348,10 @@ CASES = [
 
 def run_server(name: str, args, run: dict, cases: list[Case]) -> dict[str, dict]:
     """Start ``name``, run every case on it, stop it; return each case's observation and its time."""
-    service, ready_path = make_service(name, args, run["logs"], run["data_dir"], run["topic_prefix"])
+    service, ready_path, headers = make_service(name, args, run["logs"], run["data_dir"], run["topic_prefix"])
     log(f"{name}: starting on port {service.port} (log {service.log_path})")
     service.start(ready_path=ready_path, timeout_s=args.startup_timeout)
-    server, out = Server(service.url), {}
+    server, out = Server(service.url, headers), {}
     try:
         for case in cases:
             started = time.perf_counter()

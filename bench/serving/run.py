@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/serving/run.py`
 
 from loop.processes import Service, free_port  # noqa: E402
 from proto.topics import KafkaSettings, ensure_topics  # noqa: E402
+from serving.keys import KeyFile  # noqa: E402
 from serving.settings import default_state_dir  # noqa: E402
 
 MODEL_NAME = "smollm2-135m-instruct"
@@ -97,12 +98,20 @@ def engine_env(state: Path) -> dict[str, str]:
     }
 
 
-def make_service(name: str, args, logs: Path, data_dir: Path, topic_prefix: str) -> tuple[Service, str]:
-    """The Service for ``name`` (``ours`` or ``vllm``) and the path that answers 200 once it is ready."""
+def make_service(name: str, args, logs: Path, data_dir: Path,
+                 topic_prefix: str) -> tuple[Service, str, dict[str, str]]:
+    """The Service for ``name`` (``ours`` or ``vllm``), the path that answers 200 once it is ready, and the
+    headers that authenticate a client (ours: a fresh API key; plain vLLM ignores them)."""
     env = engine_env(default_state_dir())
     log = logs / f"{name}.log"
+    keys = data_dir / "api_keys"
+    headers = {"Authorization": f"Bearer {KeyFile(keys).add('bench')}"}
     if name == "ours":
         env |= {
+            "RLHF_SERVING_API_KEYS_FILE": str(keys),
+            # this measures the engine, not the per-user limits: one bench user sends every request
+            "RLHF_SERVING_CHAT_PER_MINUTE": "1000000",
+            "RLHF_SERVING_MAX_STREAMS_PER_USER": "1024",
             "RLHF_SERVING_MODEL_PATH": str(args.model_dir),
             "RLHF_SERVING_SERVED_MODEL_NAME": MODEL_NAME,
             "RLHF_SERVING_DTYPE": DTYPE,
@@ -111,10 +120,10 @@ def make_service(name: str, args, logs: Path, data_dir: Path, topic_prefix: str)
             "RLHF_SERVING_DATA_DIR": str(data_dir),
             "RLHF_KAFKA_TOPIC_PREFIX": topic_prefix,
         }
-        return Service("serving.cli", free_port(), env, log), "/readyz"
+        return Service("serving.cli", free_port(), env, log), "/readyz", headers
     vllm_args = ["--host", "127.0.0.1", "--model", str(args.model_dir), "--served-model-name", MODEL_NAME,
                  "--dtype", DTYPE, "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager"]
-    return Service("vllm.entrypoints.openai.api_server", free_port(), env, log, vllm_args), "/health"
+    return Service("vllm.entrypoints.openai.api_server", free_port(), env, log, vllm_args), "/health", headers
 
 
 class CpuMeter:
@@ -178,12 +187,13 @@ async def one_request(client: httpx.AsyncClient, url: str, i: int, args) -> dict
             "error": error}
 
 
-async def run_level(url: str, concurrency: int, n: int, args) -> tuple[list[dict], float]:
-    """``n`` requests from ``concurrency`` closed-loop clients; return the samples and the wall time (s)."""
+async def run_level(url: str, headers: dict[str, str], concurrency: int, n: int, args) -> tuple[list[dict], float]:
+    """``n`` requests (with ``headers``) from ``concurrency`` closed-loop clients; return the samples and
+    the wall time (s)."""
     todo = iter(range(n))  # shared by the clients: each takes the next request index
     samples: list[dict] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=args.timeout, limits=limits, headers=headers) as client:
 
         async def client_loop():
             for i in todo:
@@ -220,7 +230,7 @@ def summarize(level: dict) -> dict:
 
 def bench_server(name: str, args, run: dict, levels: list[tuple[int, int]], into: dict) -> None:
     """Start ``name``, warm it up, run every level (adding samples, wall and CPU time to ``into``); stop."""
-    service, ready_path = make_service(name, args, run["logs"], run["data_dir"], run["topic_prefix"])
+    service, ready_path, headers = make_service(name, args, run["logs"], run["data_dir"], run["topic_prefix"])
     log(f"{name}: starting on port {service.port} (log {service.log_path})")
     t0 = time.perf_counter()
     service.start(ready_path=ready_path, timeout_s=args.startup_timeout)
@@ -228,13 +238,13 @@ def bench_server(name: str, args, run: dict, levels: list[tuple[int, int]], into
         into.setdefault("startup_s", []).append(time.perf_counter() - t0)
         log(f"{name}: ready in {into['startup_s'][-1]:.1f} s; {args.warmup} warm-up request(s)")
         for i in range(args.warmup):
-            warm = asyncio.run(run_level(service.url, 1, 1, args))[0][0]
+            warm = asyncio.run(run_level(service.url, headers, 1, 1, args))[0][0]
             if warm["error"]:
                 raise RuntimeError(f"{name}: warm-up request {i} failed: {warm['error']}")
         meter = CpuMeter(service.proc.pid)
         for concurrency, n in levels:
             cpu_before = meter.read()
-            samples, wall = asyncio.run(run_level(service.url, concurrency, n, args))
+            samples, wall = asyncio.run(run_level(service.url, headers, concurrency, n, args))
             server_cpu, other_cpu = (after - before for after, before in zip(meter.read(), cpu_before))
             this = {"samples": samples, "wall_s": wall, "server_cpu_s": server_cpu, "other_cpu_s": other_cpu}
             level = into.setdefault("levels", {}).setdefault(

@@ -30,6 +30,7 @@ from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import weights_sha256
 from proto.topics import KafkaSettings, ensure_topics
+from serving.keys import KeyFile
 from serving.settings import default_state_dir
 
 MODEL = "smollm2-135m-instruct"
@@ -37,10 +38,10 @@ RESULTS = ROOT / "bench" / "results"
 
 
 class Load:
-    """``n`` clients streaming chats in a loop; counts successes and failures."""
+    """``n`` clients streaming chats in a loop (authenticated by ``headers``); counts successes and failures."""
 
-    def __init__(self, url: str, n: int):
-        self.url, self.n = url, n
+    def __init__(self, url: str, headers: dict[str, str], n: int):
+        self.url, self.headers, self.n = url, headers, n
         self.ok = self.failed = 0
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(n)]
@@ -50,7 +51,8 @@ class Load:
                 "messages": [{"role": "user", "content": f"Tell me a short fact about the number {i}."}]}
         while not self.stop.is_set():
             try:
-                with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, timeout=120) as r:
+                with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers,
+                                  timeout=120) as r:
                     lines = [line for line in r.iter_lines() if line]
                 good = r.status_code == 200 and lines[-1] == "data: [DONE]" and '"error"' not in "".join(lines)
                 self.ok, self.failed = self.ok + good, self.failed + (not good)
@@ -95,12 +97,16 @@ def main() -> None:
     kafka = KafkaSettings(topic_prefix=f"bench-swap-{stamp}.")
     ensure_topics(kafka)
     env = {"RLHF_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "RLHF_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-           "RLHF_SERVING_DATA_DIR": str(work / "serving"), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+           "RLHF_SERVING_DATA_DIR": str(work / "serving"), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
+           "RLHF_SERVING_API_KEYS_FILE": str(work / "api_keys"),
+           # this measures swaps under load, not the per-user limits: one bench user sends every request
+           "RLHF_SERVING_CHAT_PER_MINUTE": "1000000", "RLHF_SERVING_MAX_STREAMS_PER_USER": "1024"}
+    headers = {"Authorization": f"Bearer {KeyFile(work / 'api_keys').add('bench')}"}
     serving = Service("serving.cli", free_port(), env, work / "serving.log").start("/readyz", 600)
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     swaps = []
     try:
-        with Load(serving.url, args.clients) as load:
+        with Load(serving.url, headers, args.clients) as load:
             time.sleep(10)
             for version in range(1, args.swaps + 1):
                 path = perturbed if version % 2 else base

@@ -1,5 +1,7 @@
 // The chat page. It uses only the public API (/v1/models, /v1/chat/completions, /v1/feedback), so what it
 // does any other client can do; the conversation lives in the page and is sent whole with each message.
+// It sends no API key: it needs serving's anonymous mode, where the server gives each browser a signed
+// identity cookie (the browser sends it back by itself), so the page never chooses who it is.
 
 const $ = (id) => document.getElementById(id);
 const messagesEl = $("messages");
@@ -9,7 +11,6 @@ const newChatButton = $("new-chat");
 
 class ApiError extends Error {}
 
-const userId = stableUserId();
 let model = null;
 let history = []; // {role, content} of the turns that got a complete reply
 let sessionId = randomId("session"); // recorded as the events' session id: one per conversation
@@ -19,21 +20,6 @@ function randomId(prefix) {
   // getRandomValues, unlike randomUUID, also works on plain-http origins other than localhost.
   const bytes = crypto.getRandomValues(new Uint8Array(12));
   return `${prefix}-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
-}
-
-// One id per browser, so a user's votes (and their replacements) are tied together across visits.
-function stableUserId() {
-  const key = "rlhf-chat-user";
-  try {
-    let id = localStorage.getItem(key);
-    if (!id) {
-      id = randomId("web");
-      localStorage.setItem(key, id);
-    }
-    return id;
-  } catch {
-    return randomId("web"); // storage disabled: one id for this page's life
-  }
 }
 
 // "Error <status>: <message>" from OpenAI's error envelope, or from whatever body came back.
@@ -128,7 +114,7 @@ async function streamReply(messages) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
     headers: { "content-type": "application/json", "x-session-id": sessionId },
-    body: JSON.stringify({ model, messages, stream: true, user: userId }),
+    body: JSON.stringify({ model, messages, stream: true }),
   });
   if (!response.ok) throw await apiError(response);
   const reply = addReply();
@@ -145,6 +131,8 @@ async function streamReply(messages) {
       const chunk = JSON.parse(data);
       if (chunk.error) throw new ApiError(`Error during the reply: ${chunk.error.message}`);
       reply.dataset.responseId = chunk.id;
+      const token = chunk.choices[0]?.feedback_token; // the first chunk's: this browser's right to vote on it
+      if (token) reply.dataset.feedbackToken = token;
       setVersion(reply, chunk.policy_version);
       text += chunk.choices[0]?.delta?.content ?? "";
       bubble.textContent = text;
@@ -200,7 +188,9 @@ async function vote(reply, rating) {
     const response = await fetch("/v1/feedback", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ response_id: reply.dataset.responseId, rating, user: userId }),
+      body: JSON.stringify({
+        response_id: reply.dataset.responseId, feedback_token: reply.dataset.feedbackToken, rating,
+      }),
     });
     if (!response.ok) throw await apiError(response);
     reply.dataset.vote = rating; // the server replaced this user's earlier vote, if any

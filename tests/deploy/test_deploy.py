@@ -329,6 +329,10 @@ def test_k8s_manifests_parse_and_workloads_are_complete():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["RLHF_SERVING_ADMIN_TOKEN"]["valueFrom"]
+    assert "secretKeyRef" in env["RLHF_SERVING_SECRET"]["valueFrom"]  # the same in every replica
+    keys_dir = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["api-keys"]
+    assert env["RLHF_SERVING_API_KEYS_FILE"]["value"].startswith(keys_dir + "/")
+    assert {v["name"]: v for v in serving["volumes"]}["api-keys"]["secret"]["secretName"] == "rlhf-api-keys"
     # The learner and serving share the checkpoint volume: a ReadWriteMany claim at the same path.
     claims = {v["persistentVolumeClaim"]["claimName"]
               for d in (workloads["rlhf-serving"], workloads["rlhf-learner"])

@@ -40,3 +40,8 @@ def test_votes_lead_to_a_promoted_version_served_in_place(kafka_settings, tmp_pa
     serving_log = logs["serving.log"]
     assert "now serving policy v" in serving_log
     assert serving_log.count("Application startup complete") == 1  # no restart
+    # The simulated users authenticated with keys made for them (only hashes in the work dir's keys file),
+    # and none of their calls was refused.
+    stored = (work / "serving" / "api_keys").read_text().splitlines()
+    assert sorted(line.split()[1] for line in stored) == ["sim-user-0", "sim-user-1", "sim-user-2"]
+    assert '" 401' not in serving_log and '" 403' not in serving_log and '" 429' not in serving_log

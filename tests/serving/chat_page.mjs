@@ -29,7 +29,8 @@ try {
   const modelInfo = page.locator("#model-info");
   await modelInfo.filter({ hasText: "serving policy" }).waitFor();
   result.modelInfo = await modelInfo.textContent();
-  result.userId = await page.evaluate(() => localStorage.getItem("rlhf-chat-user"));
+  const identity = async () => (await page.context().cookies()).find((c) => c.name === "rlhf_identity");
+  result.cookieBefore = (await identity())?.value ?? null; // issued with the first API call, not the page
 
   // Count the reply's renders, to see it arrive in pieces rather than whole.
   await page.evaluate(() => {
@@ -82,8 +83,10 @@ try {
     result.failedMessages = await page.locator(".message.user.failed .bubble").allTextContents();
     await page.screenshot({ path: `${screenshotDir}/chat-error.png` });
 
+    result.cookie = await identity();
     await page.reload();
-    result.userIdAfterReload = await page.evaluate(() => localStorage.getItem("rlhf-chat-user"));
+    await modelInfo.filter({ hasText: "serving policy" }).waitFor();
+    result.cookieAfterReload = (await identity())?.value;
   }
 } catch (error) {
   result.failure = error.stack;

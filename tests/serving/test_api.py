@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from proto import events_pb2
 from tests.conftest import TopicReader
-from tests.serving.conftest import MODEL
+from tests.serving.conftest import MODEL, auth
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -32,7 +32,7 @@ def check_interaction(event, *, response_id, text, tokenizer, version=0):
 def test_chat_logs_one_interaction(client, broker, tokenizer):
     interactions = TopicReader(broker, "interactions")
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, user="alice"
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, user="end-user-7"
     )
     completion = raw.parse()
     assert raw.headers["x-policy-version"] == "0"
@@ -43,7 +43,8 @@ def test_chat_logs_one_interaction(client, broker, tokenizer):
 
     [event] = interactions.read(1)
     check_interaction(event, response_id=completion.id, text=text, tokenizer=tokenizer)
-    assert event.user_id == "alice"
+    assert event.user_id == "alice"  # the API key's user; the request's `user` is recorded as the end user
+    assert event.end_user_id == "end-user-7"
     assert len(event.response_token_ids) == completion.usage.completion_tokens
     assert event.sampling.temperature == 0 and event.sampling.max_tokens == 24
     assert interactions.read(1, timeout_s=2) == []  # exactly one event per response
@@ -66,20 +67,21 @@ def test_streamed_chat_logs_one_interaction(client, broker, tokenizer):
     assert event.sampling.seed == 7
 
 
-def test_vote_and_revote(client, server, broker):
+def test_vote_and_revote(client, server, broker, api_keys):
     feedback = TopicReader(broker, "feedback")
     completion = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
-    first = httpx.post(f"{server.url}/v1/feedback", json={"response_id": completion.id, "rating": "up",
-                                                           "user": "bob", "comment": "good"})
+    ballot = {"response_id": completion.id, "feedback_token": completion.choices[0].feedback_token}
+    first = httpx.post(f"{server.url}/v1/feedback", headers=auth(api_keys["alice"]),
+                       json={**ballot, "rating": "up", "comment": "good"})
     assert first.status_code == 200, first.text
-    second = httpx.post(f"{server.url}/v1/feedback", json={"response_id": completion.id, "rating": "down",
-                                                            "user": "bob"})
+    second = httpx.post(f"{server.url}/v1/feedback", headers=auth(api_keys["alice"]),
+                        json={**ballot, "rating": "down"})
     assert second.status_code == 200
     assert second.json()["replaces_feedback_id"] == first.json()["feedback_id"]
 
     events = feedback.read(2)
     assert [e.rating for e in events] == [events_pb2.RATING_UP, events_pb2.RATING_DOWN]
-    assert all(e.response_id == completion.id and e.user_id == "bob" and e.policy_version == 0 for e in events)
+    assert all(e.response_id == completion.id and e.user_id == "alice" and e.policy_version == 0 for e in events)
     assert events[0].comment == "good" and events[0].replaces_feedback_id == ""
     assert events[1].replaces_feedback_id == events[0].feedback_id == first.json()["feedback_id"]
 
@@ -101,9 +103,14 @@ LONG = "word " * 1500
         ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                                   "max_tokens": 5000}, 400, "messages"),
         ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
-        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "up"}, 404, "response_id"),
-        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "meh"}, 400, "rating"),
-        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "up", "stars": 5}, 400, "stars"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "rating": "up"}, 400, "feedback_token"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "feedback_token": "x.y", "rating": "up"},
+         403, "feedback_token"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "feedback_token": "x.y", "rating": "meh"}, 400, "rating"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "feedback_token": "x.y", "rating": "up", "stars": 5},
+         400, "stars"),
+        ("/v1/feedback", {"response_id": "chatcmpl-unknown", "feedback_token": "x.y", "rating": "up", "user": "bob"},
+         400, "user"),
         ("/v1/feedback", b"[1,", 400, None),
         ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": ""},
          400, "stop.0"),
@@ -117,11 +124,12 @@ LONG = "word " * 1500
         ("/v1/chat/completions", b'{"model": "' + b"x" * (2 << 20) + b'"}', 413, None),
     ],
 )
-def test_bad_input_gets_a_clear_error(server, path, body, status, param):
+def test_bad_input_gets_a_clear_error(server, api_keys, path, body, status, param):
     if isinstance(body, bytes):
-        r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
+        r = httpx.post(server.url + path, content=body,
+                       headers={"content-type": "application/json", **auth(api_keys["alice"])})
     else:
-        r = httpx.post(server.url + path, json=body)
+        r = httpx.post(server.url + path, json=body, headers=auth(api_keys["alice"]))
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["type"]

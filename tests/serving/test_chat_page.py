@@ -53,12 +53,15 @@ def test_chat_page_streams_a_reply_and_records_votes(browser_tools, server, brok
         assert reply["text"].strip()
         assert page["replyRenders"] > 1  # streamed in pieces
 
-        # One browser, one user id: in both calls and across a reload.
-        user = page["userId"]
-        assert user.startswith("web-") and page["userIdAfterReload"] == user
+        # One browser, one server-issued identity: a signed, HttpOnly cookie, kept across a reload. The page
+        # itself names no user.
+        cookie = page["cookie"]
+        user, _, signature = cookie["value"].partition(".")
+        assert page["cookieBefore"] is None and user.startswith("anon-") and signature
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        assert page["cookieAfterReload"] == cookie["value"]
         first, second = page["chatRequests"]
-        assert first == {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "stream": True,
-                         "user": user}
+        assert first == {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "stream": True}
         assert second["messages"][:2] == [{"role": "user", "content": QUESTION},
                                           {"role": "assistant", "content": reply["text"]}]
         assert len(second["messages"]) == 3

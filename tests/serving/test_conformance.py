@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import TopicReader
-from tests.serving.conftest import MODEL
+from tests.serving.conftest import MODEL, auth
 
 ASK = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
 CITY = [{"role": "user", "content": "Give the name and population of the capital of France."}]
@@ -49,16 +49,17 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def aclient(server):
+async def aclient(server, api_keys):
     # closed in the test's own event loop: a client left to the garbage collector closes its connections
     # later, in a loop that is gone ("Event loop is closed", seen once in the suite)
-    async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120) as c:
+    async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key=api_keys["alice"], max_retries=0, timeout=120) as c:
         yield c
 
 
-def vote(server, response_id: str, rating: str = "up") -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/feedback", json={"response_id": response_id, "rating": rating,
-                                                          "user": "conformance"})
+def vote(server, key: str, choice, rating: str = "up") -> httpx.Response:
+    """``key``'s vote on ``choice`` (a completion's choice: its response_id and feedback_token extensions)."""
+    return httpx.post(f"{server.url}/v1/feedback", headers=auth(key), json={
+        "response_id": choice.response_id, "feedback_token": choice.feedback_token, "rating": rating})
 
 
 async def collect(stream) -> list:
@@ -124,15 +125,16 @@ def test_no_logprobs_unless_asked(client):
 # --- n > 1: each choice its own response ----------------------------------------------------------------
 
 
-def test_n_choices_are_separate_responses(client, server, broker):
+def test_n_choices_are_separate_responses(client, server, broker, api_keys):
     interactions, feedback = TopicReader(broker, "interactions"), TopicReader(broker, "feedback")
     completion = client.chat.completions.create(model=MODEL, messages=ASK, n=2, max_tokens=8, seed=11,
                                                 logprobs=True)
     assert [c.index for c in completion.choices] == [0, 1]
     ids = [c.response_id for c in completion.choices]  # extension field
     assert len(set(ids)) == 2 and all(i.startswith(completion.id) for i in ids)
-    for response_id in ids:
-        r = vote(server, response_id)
+    assert len({c.feedback_token for c in completion.choices}) == 2  # one per choice
+    for choice in completion.choices:
+        r = vote(server, api_keys["alice"], choice)
         assert r.status_code == 200, r.text
         assert r.json()["policy_version"] == 0
 
@@ -288,7 +290,7 @@ def test_user_ids_and_accepted_values(client, broker):
         tool_choice="none", modalities=["text"], prompt_cache_key="k1", reasoning_effort="none")
     assert completion.service_tier == "default"
     [event] = interactions.read(1)
-    assert event.user_id == "hash-1"
+    assert (event.user_id, event.end_user_id) == ("alice", "hash-1")  # identity from the key; end user as sent
 
 
 # --- refusals ---------------------------------------------------------------------------------------------

@@ -7,16 +7,16 @@ import httpx
 from openai import OpenAI
 
 from tests.conftest import TopicReader
-from tests.serving.conftest import BROKER_PORT, MODEL
+from tests.serving.conftest import BROKER_PORT, MODEL, auth
 from loop.processes import kafka_ctl
 
 N = 3
 
 
-def test_events_survive_broker_outage_and_serving_restart(server, broker, broker_dir):
+def test_events_survive_broker_outage_and_serving_restart(server, broker, broker_dir, api_keys):
     interactions = TopicReader(broker, "interactions")
     feedback = TopicReader(broker, "feedback")
-    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=api_keys["alice"], max_retries=0, timeout=120)
 
     kafka_ctl("stop", BROKER_PORT, broker_dir)
     response_ids, feedback_ids = [], []
@@ -25,7 +25,8 @@ def test_events_survive_broker_outage_and_serving_restart(server, broker, broker
             model=MODEL, messages=[{"role": "user", "content": f"Count to {i + 2}."}], max_tokens=8
         )
         response_ids.append(completion.id)
-        vote = httpx.post(f"{server.url}/v1/feedback", json={"response_id": completion.id, "rating": "up"})
+        vote = httpx.post(f"{server.url}/v1/feedback", headers=auth(api_keys["alice"]), json={
+            "response_id": completion.id, "feedback_token": completion.choices[0].feedback_token, "rating": "up"})
         assert vote.status_code == 200, vote.text
         feedback_ids.append(vote.json()["feedback_id"])
     # Readiness drops once spooled events stall (a few seconds), while the service keeps answering.

@@ -12,6 +12,7 @@ from proto import topics
 from serving.chat import Caller, ChatService, _Choice, _Response
 from serving.engine import Delta
 from serving.protocol import ChatCompletionRequest
+from serving.signing import Signer
 
 
 class RecordingLog:
@@ -22,14 +23,6 @@ class RecordingLog:
         self.events.append((topic, event))
 
 
-class RecordingIndex:
-    def __init__(self):
-        self.ids = []
-
-    def add_response(self, response_id, version):
-        self.ids.append(response_id)
-
-
 async def failing_generation():
     yield Delta(1, "Hel", [10], [-0.5], None)
     yield Delta(0, "Hi", [11], [-0.25], None)
@@ -37,8 +30,9 @@ async def failing_generation():
 
 
 def test_error_after_first_byte_is_an_error_frame_then_done():
-    log, index = RecordingLog(), RecordingIndex()
-    chat = ChatService(engine=None, event_log=log, index=index, model_name="m")
+    log = RecordingLog()
+    signer = Signer(b"k" * 32)
+    chat = ChatService(engine=None, event_log=log, signer=signer, token_ttl_s=60, model_name="m")
     req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], stream=True, n=2)
     resp = _Response("chatcmpl-x", 3, [1, 2], 8, 0.0, [_Choice(0, "chatcmpl-x-0"), _Choice(1, "chatcmpl-x-1")])
 
@@ -59,4 +53,7 @@ def test_error_after_first_byte_is_an_error_frame_then_done():
     assert [(t, e.response_id, e.response_text, e.finish_reason, e.choice_index) for t, e in log.events] == [
         (topics.INTERACTIONS, "chatcmpl-x-0", "Hi", "abort", 0),
         (topics.INTERACTIONS, "chatcmpl-x-1", "Hel", "abort", 1)]
-    assert index.ids == ["chatcmpl-x-0", "chatcmpl-x-1"]
+    # each choice's first chunk carried a token that lets user "u" vote on that choice
+    grants = [signer.verify_feedback_token(p["choices"][0]["feedback_token"]) for p in roles]
+    assert [(g.response_id, g.user_id, g.policy_version) for g in grants] == [
+        ("chatcmpl-x-0", "u", 3), ("chatcmpl-x-1", "u", 3)]

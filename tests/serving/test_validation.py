@@ -22,7 +22,7 @@ def client() -> TestClient:
 
     @app.post("/v1/chat/completions")
     async def parse(req: ChatCompletionRequest) -> dict:
-        return {"n": req.n, "user": req.user_id, "schema": req.json_schema, "stop": req.stop_list,
+        return {"n": req.n, "user": req.end_user_id, "schema": req.json_schema, "stop": req.stop_list,
                 "messages": [[m.role, m.text] for m in req.messages]}
 
     return TestClient(app)
