@@ -30,7 +30,6 @@ from serving.protocol import (
 )
 from serving.settings import Settings
 from serving.signing import Signer, load_secret
-from serving.votes import CurrentVotes
 
 
 class MetricsMiddleware:
@@ -228,9 +227,7 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
         state.auth = Authenticator(settings, signer)
         state.chat_limiter = RateLimiter(settings.chat_per_minute)
         state.stream_slots = StreamSlots(settings.max_streams_per_user)
-        state.votes = CurrentVotes(settings.data_dir / "votes.sqlite")
-        state.feedback = FeedbackService(signer, state.votes, state.event_log,
-                                         RateLimiter(settings.feedback_per_minute))
+        state.feedback = FeedbackService(signer, state.event_log, RateLimiter(settings.feedback_per_minute))
         state.engine = PolicyEngine(settings)
         await state.engine.start()
         state.chat = ChatService(state.engine, state.event_log, signer, settings.feedback_token_ttl_s,
@@ -243,7 +240,6 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
             state.follower.stop()
             state.engine.shutdown()
             state.event_log.close()
-            state.votes.close()
 
     app = FastAPI(title="online-rlhf serving", lifespan=lifespan)
     errors.install(app)

@@ -15,7 +15,6 @@ from serving.event_log import EventLog
 from serving.limits import RateLimiter, retry_after
 from serving.protocol import FeedbackRequest, FeedbackResponse
 from serving.signing import ExpiredToken, FeedbackGrant, InvalidToken, Signer
-from serving.votes import CurrentVotes
 
 _RATINGS = {"up": events_pb2.RATING_UP, "down": events_pb2.RATING_DOWN}
 
@@ -25,13 +24,12 @@ class FeedbackService:
 
     Args:
         signer: checks feedback tokens.
-        votes: each user's current vote on this replica (for ``replaces_feedback_id``).
         event_log: where Feedback events go (durable on return of ``publish``).
         limiter: votes per identity per minute.
     """
 
-    def __init__(self, signer: Signer, votes: CurrentVotes, event_log: EventLog, limiter: RateLimiter):
-        self.signer, self.votes, self.event_log, self.limiter = signer, votes, event_log, limiter
+    def __init__(self, signer: Signer, event_log: EventLog, limiter: RateLimiter):
+        self.signer, self.event_log, self.limiter = signer, event_log, limiter
 
     def grant(self, req: FeedbackRequest, caller: Identity) -> FeedbackGrant:
         """The verified permission for ``caller`` to vote on ``req.response_id``.
@@ -58,8 +56,9 @@ class FeedbackService:
         return grant
 
     def record(self, req: FeedbackRequest, caller: Identity) -> FeedbackResponse:
-        """Log ``req`` as a Feedback event of ``caller``, replacing their earlier vote on the response (when
-        cast through this replica).
+        """Log ``req`` as a Feedback event of ``caller``. A user's later vote on a response supersedes their
+        earlier ones downstream (by ``created_at``: the reward service and the report count the latest), so no
+        replica needs to know of the others' votes.
 
         Raises :class:`APIError` 429 (with Retry-After) over the caller's vote rate, 403 (see :meth:`grant`),
         503 when the vote cannot be made durable.
@@ -71,7 +70,6 @@ class FeedbackService:
                            headers={"retry-after": retry_after(wait)})
         grant = self.grant(req, caller)
         feedback_id = f"fb-{uuid.uuid4().hex}"
-        replaces = self.votes.current(req.response_id, caller.user_id)
         event = events_pb2.Feedback(
             feedback_id=feedback_id,
             response_id=req.response_id,
@@ -80,13 +78,11 @@ class FeedbackService:
             rating=_RATINGS[req.rating],
             comment=req.comment or "",
             policy_version=grant.policy_version,
-            replaces_feedback_id=replaces or "",
         )
         try:
             self.event_log.publish(topics.FEEDBACK, event)
         except OSError as exc:
             raise APIError(503, f"The vote could not be recorded ({exc}); please retry.", "server_error") from exc
-        self.votes.set(req.response_id, caller.user_id, feedback_id)
         metrics.FEEDBACK.labels(rating=req.rating, policy_version=str(grant.policy_version)).inc()
         return FeedbackResponse(feedback_id=feedback_id, response_id=req.response_id, rating=req.rating,
-                                policy_version=grant.policy_version, replaces_feedback_id=replaces)
+                                policy_version=grant.policy_version)

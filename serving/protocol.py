@@ -374,7 +374,6 @@ class FeedbackResponse(BaseModel):
     response_id: str
     rating: Literal["up", "down"]
     policy_version: int
-    replaces_feedback_id: str | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -77,13 +77,15 @@ def test_vote_and_revote(client, server, broker, api_keys):
     second = httpx.post(f"{server.url}/v1/feedback", headers=auth(api_keys["alice"]),
                         json={**ballot, "rating": "down"})
     assert second.status_code == 200
-    assert second.json()["replaces_feedback_id"] == first.json()["feedback_id"]
+    assert second.json()["feedback_id"] != first.json()["feedback_id"]
 
     events = feedback.read(2)
     assert [e.rating for e in events] == [events_pb2.RATING_UP, events_pb2.RATING_DOWN]
     assert all(e.response_id == completion.id and e.user_id == "alice" and e.policy_version == 0 for e in events)
-    assert events[0].comment == "good" and events[0].replaces_feedback_id == ""
-    assert events[1].replaces_feedback_id == events[0].feedback_id == first.json()["feedback_id"]
+    assert events[0].comment == "good"
+    assert [e.feedback_id for e in events] == [first.json()["feedback_id"], second.json()["feedback_id"]]
+    # The later vote supersedes the earlier one downstream by vote time (reward_service/store.py).
+    assert events[0].created_at.ToNanoseconds() < events[1].created_at.ToNanoseconds()
 
 
 LONG = "word " * 1500

@@ -74,8 +74,8 @@ def test_chat_page_streams_a_reply_and_records_votes(browser_tools, server, brok
         up, down = feedback.read(2)
         assert (up.response_id, up.rating, up.user_id, up.policy_version) == (
             reply["id"], events_pb2.RATING_UP, user, 0)
-        assert (down.response_id, down.rating, down.user_id, down.replaces_feedback_id) == (
-            reply["id"], events_pb2.RATING_DOWN, user, up.feedback_id)
+        assert (down.response_id, down.rating, down.user_id) == (reply["id"], events_pb2.RATING_DOWN, user)
+        assert up.created_at.ToNanoseconds() < down.created_at.ToNanoseconds()
 
         # The refused message is shown with the API's status and message, and logged nothing.
         [error] = page["errors"]
