@@ -9,15 +9,15 @@ from openai import OpenAI
 
 from loop.processes import kafka_ctl
 from tests.conftest import TopicReader
-from tests.serving.conftest import BROKER_PORT, MODEL
+from tests.serving.conftest import BROKER_PORT, MODEL, auth
 
 N = 3
 
 
-def test_sigkill_with_a_full_spool_loses_and_duplicates_nothing(server, broker, broker_dir):
+def test_sigkill_with_a_full_spool_loses_and_duplicates_nothing(server, broker, broker_dir, api_keys):
     interactions = TopicReader(broker, "interactions")
     feedback = TopicReader(broker, "feedback")
-    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=api_keys["alice"], max_retries=0, timeout=120)
 
     kafka_ctl("stop", BROKER_PORT, broker_dir)
     try:
@@ -27,8 +27,9 @@ def test_sigkill_with_a_full_spool_loses_and_duplicates_nothing(server, broker, 
                 model=MODEL, messages=[{"role": "user", "content": f"Count to {i + 2}."}], max_tokens=8
             )
             response_ids.append(completion.id)
-            vote = httpx.post(f"{server.url}/v1/feedback",
-                              json={"response_id": completion.id, "rating": "down"})
+            vote = httpx.post(f"{server.url}/v1/feedback", headers=auth(api_keys["alice"]),
+                              json={"response_id": completion.id, "rating": "down",
+                                    "feedback_token": completion.choices[0].feedback_token})
             assert vote.status_code == 200, vote.text
             feedback_ids.append(vote.json()["feedback_id"])
         assert httpx.get(f"{server.url}/readyz").json()["spool_depth"] == 2 * N

@@ -17,7 +17,7 @@ from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import weights_sha256
 from proto.topics import KafkaSettings, ensure_topics
 from tests.conftest import TopicReader, kafka_env
-from tests.serving.conftest import MODEL
+from tests.serving.conftest import MODEL, auth
 
 DRAIN_S = 3.0
 MAX_GENERATION_S = 15.0
@@ -36,8 +36,9 @@ def kafka(broker) -> KafkaSettings:
 
 
 @pytest.fixture(scope="module")
-def bounded(kafka, tmp_path_factory):
-    env = {**kafka_env(kafka), "RLHF_SERVING_DATA_DIR": str(tmp_path_factory.mktemp("serving-bounds")),
+def bounded(kafka, keys_file, tmp_path_factory):
+    env = {**kafka_env(kafka), "RLHF_SERVING_API_KEYS_FILE": str(keys_file),
+           "RLHF_SERVING_DATA_DIR": str(tmp_path_factory.mktemp("serving-bounds")),
            "RLHF_SERVING_SWAP_DRAIN_TIMEOUT_S": str(DRAIN_S),
            "RLHF_SERVING_MAX_GENERATION_S": str(MAX_GENERATION_S)}
     svc = Service("serving.cli", free_port(), env, tmp_path_factory.mktemp("logs") / "serving-bounds.log")
@@ -50,13 +51,14 @@ def served_version(url: str) -> int:
     return httpx.get(f"{url}/v1/models").json()["data"][0]["policy_version"]
 
 
-def test_slow_stream_does_not_hold_a_swap(bounded, kafka, model_dir):
+def test_slow_stream_does_not_hold_a_swap(bounded, kafka, model_dir, api_keys):
     lines: list[str] = []
     first_token = threading.Event()
     read_all = threading.Event()
 
     def slow_reader() -> None:
         with httpx.stream("POST", f"{bounded.url}/v1/chat/completions", json={**LONG, "stream": True},
+                          headers=auth(api_keys["alice"]),
                           timeout=300) as r:
             for line in r.iter_lines():
                 if not line:
@@ -85,7 +87,7 @@ def test_slow_stream_does_not_hold_a_swap(bounded, kafka, model_dir):
         time.sleep(0.25)
     swapped_after = time.monotonic() - published
     # New requests are served by v1 while the slow client is still reading its cut stream.
-    r = httpx.post(f"{bounded.url}/v1/chat/completions", timeout=120,
+    r = httpx.post(f"{bounded.url}/v1/chat/completions", timeout=120, headers=auth(api_keys["alice"]),
                    json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
     assert r.status_code == 200 and r.headers["x-policy-version"] == "1"
     assert reader.is_alive(), "the slow stream ended before the check: it did not hold anything"
@@ -104,10 +106,11 @@ def test_slow_stream_does_not_hold_a_swap(bounded, kafka, model_dir):
     print(f"swap done {swapped_after:.1f} s after publishing, with a slow stream in flight")
 
 
-def test_generation_stops_at_its_time_bound(bounded, kafka):
+def test_generation_stops_at_its_time_bound(bounded, kafka, api_keys):
     interactions = TopicReader(kafka, topics.INTERACTIONS)
     started = time.monotonic()
-    r = httpx.post(f"{bounded.url}/v1/chat/completions", json={**LONG, "logprobs": True}, timeout=300)
+    r = httpx.post(f"{bounded.url}/v1/chat/completions", json={**LONG, "logprobs": True}, timeout=300,
+                   headers=auth(api_keys["alice"]))
     took = time.monotonic() - started
     assert r.status_code == 200, r.text
     body = r.json()
