@@ -8,8 +8,8 @@ import httpx
 from openai import OpenAI
 
 from loop.processes import kafka_ctl
-from tests.conftest import TopicReader
-from tests.serving.conftest import BROKER_PORT, MODEL, auth
+from tests.conftest import BROKER_PORT, MODEL, TopicReader
+from tests.serving.conftest import auth
 
 N = 3
 

@@ -10,8 +10,13 @@ from learner.loop import Learner
 from loop.processes import kafka_ctl
 from proto.events_pb2 import PolicyStatus
 from proto.topics import KafkaSettings, ensure_topics
-from tests.learner.conftest import committed_offset, produce, read_policy_records, small_config
-from tests.serving.conftest import BROKER_PORT
+from tests.conftest import BROKER_PORT
+from tests.learner.conftest import (
+    committed_offset,
+    produce,
+    read_policy_records,
+    small_config,
+)
 
 OUTAGE_S = 20
 
