@@ -5,7 +5,9 @@ tensors the learner trains: the policy's top layers and final norm, and the valu
 the SFT model's by construction, see learner/model.py), ``optimizer.pt`` and ``state.json`` (:class:`LearnerState`: iteration, β, offsets, counters,
 the pending publication). It is written under a temporary name and renamed into place, so a directory
 named ``iter-*`` is always complete: a crash mid-write leaves only a ``.tmp-*`` directory, which the next
-save removes. The newest ``iter-*`` is the one to resume from.
+save removes. The newest ``iter-*`` is the one to resume from. A checkpoint with no new iteration (a
+re-baseline on the served version, learner/follow.py) is ``iter-<N>-<k>``, k = 1, 2, …: it sorts after
+``iter-<N>`` and before ``iter-<N+1>``.
 """
 
 import json
@@ -53,7 +55,9 @@ class LearnerState:
     ``anchor_canary_share``: its canary gate's rate. ``reward_model_trusted``: a reward-model version
     has reached ``min_reward_accuracy`` (PPO runs from then on).
     ``recent_response_ids``: the last ``dedup_window`` response ids trained or skipped (redeliveries are
-    dropped). ``normalizer``: :class:`learner.ppo.RewardNormalizer`'s fields.
+    dropped). ``normalizer``: :class:`learner.ppo.RewardNormalizer`'s fields. ``pinned_version``: the
+    operator-pinned version the learner follows (it publishes nothing meanwhile), None when none is
+    (learner/follow.py).
     """
 
     iteration: int = 0
@@ -70,6 +74,7 @@ class LearnerState:
     reward_model_trusted: bool = False
     recent_response_ids: list[str] = field(default_factory=list)
     normalizer: dict[str, float] = field(default_factory=dict)
+    pinned_version: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> "LearnerState":
@@ -110,6 +115,10 @@ def save(
         fsync(f)
     fsync(tmp)
     final = root / f"{PREFIX}{state.iteration:08d}"
+    again = 0
+    while final.exists():
+        again += 1
+        final = root / f"{PREFIX}{state.iteration:08d}-{again:04d}"
     os.rename(tmp, final)
     fsync(root)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:

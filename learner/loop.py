@@ -3,7 +3,11 @@
 Order within an iteration, and why:
 1. take every usable Interaction event waiting in Kafka, at least ``min_batch_size`` and at most
    ``batch_size`` (stale, duplicate, malformed or too long ones are skipped and counted);
-2. live mode trains on the served responses; generate mode samples new ones with the current policy;
+2. follow the served policy (learner/follow.py): after an operator's rollback, pin or unpin since the
+   last iteration, re-baseline on the version serving serves (its weights, fresh optimizer moments and
+   reward normalisation, its held-out answers as the gates' baseline), checkpointed at once; while a pin
+   is in force, train on but gate and publish nothing. Then live mode trains on the served responses;
+   generate mode samples new ones with the current policy;
 3. score them through the reward service; until a reward-model version has shown held-out balanced
    accuracy of ``min_reward_accuracy``, rewind to the checkpoint's offsets and wait (no PPO on rewards no
    better than chance; the events are read again once it is);
@@ -14,8 +18,10 @@ Order within an iteration, and why:
    and the restored checkpoint has not counted it: no event lost, none counted twice;
 8. publish the pending verdict: promoted weights to the store plus a PROMOTED record, or a REJECTED
    record with the reason, after which training resumes from the last promoted weights; a passing
-   candidate whose answers did not change is not published (training goes on from it). A crash between 6 and 8 is finished on
-   restart, idempotently (by sha256).
+   candidate whose answers did not change is not published (training goes on from it). A crash between
+   6 and 8 is finished on restart, idempotently (by sha256). A verdict is dropped, with the reason in the
+   log, when by then its parent or an ancestor was rolled back or a pin is in force: the learner never
+   publishes a descendant of a rolled-back version, nor anything while pinned.
 
 Under torchrun this is rank 0's loop; the other ranks run :func:`run_worker` and take part in step 4 only
 (learner/distributed.py).
@@ -32,7 +38,7 @@ import httpx
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
-from learner import checkpoint, gates
+from learner import checkpoint, follow, gates
 from learner import metrics as m
 from learner.checkpoint import LearnerState, PendingPublication
 from learner.config import LearnerConfig
@@ -56,9 +62,10 @@ class Learner:
     """The PPO learner service: state, models, Kafka reader, reward client and publisher.
 
     Construction resumes from the newest checkpoint under ``cfg.checkpoint_dir`` when there is one (and
-    finishes its pending publication); otherwise it starts from the version serving serves (the policy
-    topic's pinned or latest promoted version), or from ``cfg.init_model`` (version 0). The reference is
-    always ``cfg.init_model``'s top layers over the shared frozen trunk.
+    finishes its pending publication, then follows the served policy as before every iteration); otherwise
+    it starts from the version serving serves (the policy topic's pinned or latest promoted version, never
+    a descendant of a rolled-back one: learner/follow.py), or from ``cfg.init_model`` (version 0). The
+    reference is always ``cfg.init_model``'s top layers over the shared frozen trunk.
 
     ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
     where the models go (default: ``cfg.device`` resolved, proto/device.py); ``stop``: the event that
@@ -104,7 +111,7 @@ class Learner:
         else:
             # Start from what serving serves (live data comes from it): pinned, else latest promoted, else 0.
             policies = self.policy_topic.read()
-            version = policies.target()
+            version = follow.base(policies)
             path = self._weights_of(policies, version)
             self.policy = PolicyWithValueHead(
                 load_lm(path, trainable=False, device=self.device), cfg.trainable_layers
@@ -130,6 +137,7 @@ class Learner:
         m.REWARD_SERVICE_UP.set(1)  # until a call fails: 0 means "failed and waiting", not "not yet asked"
         if self.state.pending is not None:
             self.publish(self.state.pending)
+        self._follow_served()
         self._sync_ranks()
 
     def _precision(self):
@@ -154,17 +162,60 @@ class Learner:
             else self.cfg.init_model
         )
 
+    def _load_version(self, policies: PolicyLog, version: int) -> None:
+        """``version``'s weights into the policy, with fresh Adam moments, on every rank.
+
+        The value head is kept: its estimates are still about the same reward model.
+        """
+        path = self._weights_of(policies, version)
+        self.policy.lm.load_state_dict(load_lm(path, trainable=False).state_dict())
+        self.trainer.optimizer.state.clear()
+        self._sync_ranks()
+
     def _revert(self, policies: PolicyLog) -> None:
         """Back to the parent (last promoted) version's weights, with fresh Adam moments.
 
         Training on top of a rejected candidate would compound whatever broke its gate (e.g. an answer that
-        no longer ends); the value head is kept, its estimates are still about the same reward model.
+        no longer ends).
         """
-        path = self._weights_of(policies, self.state.parent_version)
-        self.policy.lm.load_state_dict(load_lm(path, trainable=False).state_dict())
-        self.trainer.optimizer.state.clear()
-        self._sync_ranks()
-        log.info("rejected candidate discarded: training resumes from v%d", self.state.parent_version)
+        self._load_version(policies, self.state.parent_version)
+        log.info("candidate discarded: training resumes from v%d", self.state.parent_version)
+
+    def _follow_served(self) -> None:
+        """Train from what serving serves (learner/follow.py): after a rollback, a pin or an unpin,
+        re-baseline on it; while a pin is in force, publish nothing. Reads the policy topic (small and
+        compacted; retried through broker outages like every topic read)."""
+        state = self.state
+        policies = self.policy_topic.read()
+        decision = follow.decide(policies, state.parent_version, state.pinned_version)
+        if decision.pinned != state.pinned_version:
+            if decision.pinned is not None:
+                log.warning("%s: training from it, no candidate gated or published until the unpin",
+                            decision.reason)
+            else:
+                log.warning("the pin of v%d was lifted: candidates are published again", state.pinned_version)
+        state.pinned_version = decision.pinned
+        m.PUBLISHING_PAUSED.labels("pin").set(decision.pinned is not None)
+        if decision.version != state.parent_version:
+            self._rebaseline(policies, decision)
+
+    def _rebaseline(self, policies: PolicyLog, decision: follow.Follow) -> None:
+        """Train from ``decision.version`` from now on: its weights, fresh Adam moments and reward
+        normalisation (statistics of another policy's samples), its held-out answers as the gates'
+        baseline; checkpointed at once, so a restart resumes re-baselined."""
+        state = self.state
+        previous = state.parent_version
+        self.trainer.normalizer = RewardNormalizer()  # before _load_version, which gives it to every rank
+        self._load_version(policies, decision.version)
+        state.parent_version = decision.version
+        state.normalizer = asdict(self.trainer.normalizer)
+        state.baseline_answers = self._heldout_answers(self.policy.lm)
+        state.response_ids = []  # this checkpoint trained no batch
+        checkpoint.save(self.cfg.checkpoint_dir, state, self.policy, self.trainer.optimizer,
+                        self.cfg.keep_checkpoints)
+        m.POLICY_VERSION.set(decision.version)
+        log.warning("%s: re-baselined from v%d on v%d, what serving serves (optimizer moments and reward "
+                    "normalisation reset)", decision.reason, previous, decision.version)
 
     # 1. which events are usable
     def _reject(self, event: Interaction) -> str | None:
@@ -273,6 +324,8 @@ class Learner:
         if batch is None:
             return None
         start = time.monotonic()
+        with m.stage("follow"):
+            self._follow_served()
         with m.stage("experience"):
             rollouts = self._rollouts(batch.events)
         # 3. score, and only from a reward model that beats chance on its held-out votes
@@ -320,8 +373,11 @@ class Learner:
         # 5. gates, as a pending verdict
         report = None
         if state.iteration % cfg.publish_every == 0:
-            with m.stage("gates"), self._precision():
-                report = self._gate()
+            if state.pinned_version is not None:
+                log.info("v%d is pinned: candidate not gated", state.pinned_version)
+            else:
+                with m.stage("gates"), self._precision():
+                    report = self._gate()
         if report is not None:
             state.pending = PendingPublication(
                 report.passed, report.reason, report.kl, report.reward_mean, report.answers, report.changed
@@ -370,15 +426,26 @@ class Learner:
         """Publish ``pending``, idempotent by the weights' sha256; a promoted version becomes the parent.
 
         Returns the version record, or None when a passing candidate's answers did not change (serving it
-        would change nothing: nothing is published and training continues from the candidate's weights).
+        would change nothing: nothing is published and training continues from the candidate's weights), or
+        when the verdict is dropped because the parent's lineage was rolled back or a pin is in force
+        (learner/follow.py).
         """
         state = self.state
         if pending.passed and not pending.changed:
             log.info("candidate's held-out answers equal v%d's: not published", state.parent_version)
             state.pending = None
             return None
-        staged = self.store.stage(self.policy.lm, self.tokenizer)
         policies = self.policy_topic.read()
+        decision = follow.decide(policies, state.parent_version, state.pinned_version)
+        if not decision.may_publish(state.parent_version):
+            # Rolled back or pinned since the gates ran (or before a restart finishing this publish).
+            log.warning("candidate of v%d (gates %s) dropped, not published: %s", state.parent_version,
+                        "passed" if pending.passed else f"failed: {pending.reason}", decision.reason)
+            state.pending = None
+            if not pending.passed and decision.version == state.parent_version:
+                self._revert(policies)  # else the next _follow_served re-baselines
+            return None
+        staged = self.store.stage(self.policy.lm, self.tokenizer)
         record = next((r for r in policies.versions.values() if r.weights_sha256 == staged.sha256), None)
         if record is not None:
             log.info("version %d already published with these weights", record.version)
@@ -412,7 +479,12 @@ class Learner:
             m.VERSIONS_PUBLISHED.inc()
             m.POLICY_VERSION.set(record.version)
         else:
-            m.VERSIONS_REJECTED.inc()
+            if record.status == PolicyStatus.POLICY_STATUS_REJECTED:
+                m.VERSIONS_REJECTED.inc()
+            else:  # published before a crash, and rolled back by an operator since: not a parent
+                log.warning(
+                    "version %d is %s (%s)", record.version, PolicyStatus.Name(record.status), record.reason
+                )
             self._revert(policies)
         state.pending = None
         return record

@@ -20,6 +20,8 @@ How to read them (see also learner/README.md):
 - ``reward_model_version``, ``reward_model_accuracy``: the reward-model version that scored the last batch
   and its held-out balanced accuracy; ``waiting_for_reward_model`` is 1 while PPO waits because that
   accuracy is below ``min_reward_accuracy`` (no training on a reward model no better than chance).
+- ``publishing_paused{reason}``: 1 while the learner holds its candidates; ``reason="pin"``: an operator
+  pin is in force (the learner trains from the pinned version and publishes nothing until the unpin).
 - ``stage_cpu_seconds_total{stage}``: process CPU seconds per stage of an iteration (read, score,
   experience, update, gates, checkpoint, publish); divided by ``rollouts_total`` it is the cost of one
   trained response.
@@ -75,6 +77,11 @@ WAITING_FOR_REWARD_MODEL = Gauge(
 REWARD_SERVICE_UP = Gauge(
     "rlhf_learner_reward_service_up",
     "0 while the reward service cannot be reached (PPO waits; nothing is lost)",
+)
+PUBLISHING_PAUSED = Gauge(
+    "rlhf_learner_publishing_paused",
+    "1 while the learner publishes no candidates, by reason (pin: an operator pin is in force)",
+    ["reason"],
 )
 STAGE_CPU = Counter("rlhf_learner_stage_cpu_seconds", "Process CPU seconds spent per stage", ["stage"])
 

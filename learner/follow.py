@@ -1,0 +1,94 @@
+"""The learner follows the served policy: which version to train from, and whether it may publish.
+
+Serving serves ``PolicyLog.target()`` (proto/policy_log.py): the operator's pin, else the newest PROMOTED
+version. The learner trains from its *parent* version and numbers its candidates after it. Three operator
+actions on the policy topic move serving away from that parent, and the learner follows each:
+
+- **rollback** of the parent or of any ancestor (status ROLLED_BACK): a candidate trained from there is
+  a descendant of a version taken out of service; promoted, it would become the newest version and be
+  served again, undoing the rollback. The learner re-baselines on the newest PROMOTED version none of whose
+  ancestors is rolled back: what serving serves, unless that too descends from a rolled-back version (an
+  operator rolled back an ancestor and left its child in service), then an older version, version 0 at
+  worst. It never publishes a descendant of a rolled-back version.
+- **pin** (while in force: the pinned version is servable, so serving obeys it): the learner re-baselines
+  on the pinned version and publishes nothing, since a version it promoted would not be served anyway and
+  would silently replace the pinned one at the unpin. It keeps training.
+- **unpin**: the learner follows what serving serves again (chosen as after a rollback), re-baselining
+  unless that is the version it trained from during the pin (then it trains on from its own weights).
+
+Pure logic over a folded :class:`~proto.policy_log.PolicyLog`; learner/loop.py reads the topic and acts.
+"""
+
+from dataclasses import dataclass
+
+from proto.events_pb2 import PolicyStatus
+from proto.policy_log import PolicyLog
+
+ROLLED_BACK = PolicyStatus.POLICY_STATUS_ROLLED_BACK
+
+
+@dataclass(frozen=True)
+class Follow:
+    """What the learner does next. ``version``: the version to train from (≠ its parent: re-baseline on
+    it). ``pinned``: the pinned version in force, None when there is none. ``reason``: why the learner
+    leaves its parent or holds its candidates, "" when it does neither."""
+
+    version: int
+    pinned: int | None
+    reason: str
+
+    def may_publish(self, parent: int) -> bool:
+        """Whether a candidate trained from ``parent`` may be published: no pin in force and ``parent`` is
+        still the version to train from."""
+        return self.pinned is None and self.version == parent
+
+
+def rolled_back_in_lineage(policies: PolicyLog, version: int) -> int | None:
+    """The nearest of ``version`` and its ancestors (by the records' ``parent``) whose latest status is
+    ROLLED_BACK, or None when none is. A version missing from the topic ends the walk (version 0, the
+    bundled model, is never on it and cannot be rolled back)."""
+    seen = set()
+    while version in policies.versions and version not in seen:
+        seen.add(version)
+        record = policies.versions[version]
+        if record.status == ROLLED_BACK:
+            return version
+        version = record.parent
+    return None
+
+
+def pin_in_force(policies: PolicyLog) -> int | None:
+    """The pinned version when serving obeys the pin (the version is servable), else None."""
+    pin = policies.pin
+    return pin.version if pin is not None and policies.is_servable(pin.version) else None
+
+
+def clean_target(policies: PolicyLog) -> int:
+    """The newest PROMOTED version with no rolled-back ancestor (0 when none is)."""
+    tainted = {v for v in policies.versions if rolled_back_in_lineage(policies, v) is not None}
+    return policies.latest_promoted(skip=tainted)
+
+
+def base(policies: PolicyLog) -> int:
+    """The version a learner that follows serving trains from: the pin in force, else :func:`clean_target`."""
+    pinned = pin_in_force(policies)
+    return clean_target(policies) if pinned is None else pinned
+
+
+def decide(policies: PolicyLog, parent: int, followed_pin: int | None) -> Follow:
+    """What a learner whose weights descend from ``parent`` does, given the topic folded in ``policies``.
+
+    ``followed_pin``: the pinned version the learner last followed (``LearnerState.pinned_version``), so an
+    unpin can be told from a learner that was never pinned.
+    """
+    pinned = pin_in_force(policies)
+    if pinned is not None:
+        return Follow(pinned, pinned, f"v{pinned} is pinned by an operator")
+    served = clean_target(policies)
+    bad = rolled_back_in_lineage(policies, parent)
+    if bad is not None:
+        which = f"v{parent}" if bad == parent else f"v{parent}'s ancestor v{bad}"
+        return Follow(served, None, f"{which} was rolled back")
+    if followed_pin is not None and served != parent:
+        return Follow(served, None, f"the pin of v{followed_pin} was lifted")
+    return Follow(parent, None, "")
