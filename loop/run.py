@@ -199,6 +199,17 @@ def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
     return [reward, serving, learner]
 
 
+def start_services(services: list[Service]) -> None:
+    """Launch the reward service, serving and the learner (as :func:`make_services` orders them) together,
+    and wait until each answers (serving: ready, with its engine started; at most 10 minutes each)."""
+    reward, serving, learner = services
+    for svc in services:
+        svc.launch()
+    reward.wait_ready()
+    serving.wait_ready("/readyz", timeout_s=600)
+    learner.wait_ready("/metrics", timeout_s=600)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started_at = time.time()  # Unix seconds: the final report counts from here
@@ -215,11 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # while starting up, SIGTERM acts like Ctrl-C
     try:
         console.print(f"starting the reward service, serving and the learner (logs in {log_dir}) ...")
-        for svc in services:
-            svc.launch()
-        reward.wait_ready()
-        serving.wait_ready("/readyz", timeout_s=600)
-        learner.wait_ready("/metrics", timeout_s=600)
+        start_services(services)
         if not args.no_prometheus:
             prometheus = start_prometheus(work, log_dir)
         console.print(f"chat: {serving.url}/  API: {serving.url}/v1  reward: {reward.url}  "

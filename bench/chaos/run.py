@@ -242,11 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {"minutes": args.minutes, "outage_s": args.outage_s, "schedule": schedule_of(args)}
     try:
         console.print(f"chaos: private broker on :{broker_port}; work dir {work}")
-        for svc in services:
-            svc.launch()
-        reward.wait_ready()
-        serving.wait_ready("/readyz", timeout_s=600)
-        learner.wait_ready("/metrics", timeout_s=600)
+        main_job.start_services(services)
         users = main_job.make_users(loop_args, serving, work)
         chaos = Chaos(args, services, users, broker_port, broker_dir, stop)
         loop.add_signal_handler(signal.SIGINT, stop.set)
