@@ -36,6 +36,7 @@ adversary users is not run here.
 import argparse
 import json
 import math
+import os
 import random
 import tempfile
 import time
@@ -278,10 +279,11 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"stream: {len(turns)} votes from {len(voters)} identities ({honest} honest, "
                   f"{sum(v.kind == 'contrarian' for v in voters)} contrarian, flood-0 casting "
                   f"{sum(k == 'flooder' for *_, k in turns)}); clean set {len(clean)} answers")
-    rows = []
+    rows, load = [], [os.getloadavg()]
     for name in arms:
         console.print(f"arm {name}: training ...")
         rows.append(run_arm(name, turns, clean, preference, honest, args, kafka))
+        load.append(os.getloadavg())
     table = Table(title="bench/poison: reward model under contrarians and a flood, per-identity cap on/off",
                   title_justify="left")
     for col in ("arm", "trained: honest/contr./flood", "over cap", "top share recv/trained/held-out",
@@ -298,8 +300,11 @@ def main(argv: list[str] | None = None) -> None:
             fmt_rate(r["best_of_n_up"], r["honest_votes"]), fmt_rate(r["random_pick_up"], r["honest_votes"]),
         )
     console.print(table)
+    console.print("load average (1/5/15 min) at the start and after each arm: "
+                  + "; ".join("/".join(f"{x:.1f}" for x in avg) for avg in load))
     out = RESULTS / f"poison-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "stream_votes": len(turns), "arms": rows}, indent=1))
+    out.write_text(json.dumps({"args": vars(args), "stream_votes": len(turns), "arms": rows,
+                                "load_average": load}, indent=1))
     console.print(f"written {out}")
 
 
