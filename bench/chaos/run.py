@@ -55,6 +55,7 @@ class Recovery:
     service: str
     answers_s: float | None = None
     works_s: float | None = None
+    load_1m: float | None = None  # the machine's 1-minute load average at the fault
     notes: list[str] = field(default_factory=list)
 
 
@@ -128,7 +129,7 @@ class Chaos:
         deadline = started + self.args.recover_timeout_s
 
         async def one(name: str) -> None:
-            rec = Recovery(fault, name)
+            rec = Recovery(fault, name, load_1m=os.getloadavg()[0])
             answered = await self._until(self._answer_probe(name), deadline)
             rec.answers_s = None if answered is None else time.monotonic() - started
             worked = await self._until(probes[name], deadline)
@@ -203,11 +204,11 @@ def read_ids(kafka: KafkaSettings, name: str, attr: str) -> list[str]:
 def table(result: dict) -> Table:
     t = Table(title="chaos: recovery per fault and service (seconds after the kill, or the broker's return)",
               title_justify="left")
-    for col in ("fault", "service", "answers again", "works again"):
+    for col in ("fault", "service", "answers again", "works again", "load (1 min) at the fault"):
         t.add_column(col, justify="right")
     fmt = lambda s: "—" if s is None else f"{s:.0f}"  # noqa: E731
     for r in result["recovery"]:
-        t.add_row(r["fault"], r["service"], fmt(r["answers_s"]), fmt(r["works_s"]))
+        t.add_row(r["fault"], r["service"], fmt(r["answers_s"]), fmt(r["works_s"]), fmt(r.get("load_1m")))
     d = result["delivery"]
     t.caption = (f"responses: {d['responses']['accepted']} accepted, {d['responses']['lost']} lost, "
                  f"{d['responses']['duplicated']} duplicated; votes: {d['votes']['accepted']} accepted, "
