@@ -108,9 +108,10 @@ class Settings(BaseSettings):
     identity_share_factor: float = Field(
         DEFAULT_SHARE_FACTOR,
         ge=0,
-        description="most share of the latest identity_window_votes admitted votes one identity may hold, as"
-        " a multiple of an equal share (1 / identities voting in them); its votes beyond it are kept but"
-        " never trained nor evaluated, and the held-out evaluation set is capped alike. 0: no cap",
+        description="most votes one identity may hold among the latest identity_window_votes received, as"
+        " a multiple of a typical other voter's (Σc²/Σc over the other identities, at least 16); its votes"
+        " beyond it are kept but never trained nor evaluated, and the held-out evaluation set is capped"
+        " alike. 0: no cap",
     )
     identity_window_votes: int = Field(
         DEFAULT_WINDOW_VOTES,

@@ -188,9 +188,8 @@ class JoinStore:
             )
         if "heldout" in self._columns("votes"):
             self.db.execute("ALTER TABLE votes DROP COLUMN heldout")
-        # The cap's window (the latest admitted votes) is read at every vote, also during a long flood of
-        # over-cap ones; created here, as its column may have just been added.
-        self.db.execute("CREATE INDEX IF NOT EXISTS votes_admitted ON votes (over_cap, id)")
+        # An index of the cap's first version (its window was the admitted votes only); unused since.
+        self.db.execute("DROP INDEX IF EXISTS votes_admitted")
         self.db.commit()
 
     def close(self) -> None:
@@ -224,7 +223,7 @@ class JoinStore:
         """Store a vote (and supersede the user's earlier ones on the response); returns False when already
         there.
 
-        Whether it is over its identity's cap is decided now, against the latest admitted votes
+        Whether it is over its identity's cap is decided now, against the latest votes received
         (:func:`reward_service.identity.admits`), and kept with it.
 
         Raises :class:`InvalidEvent` for a vote without ids or without an up/down rating.
@@ -236,7 +235,7 @@ class JoinStore:
         window = [
             row[0]
             for row in self.db.execute(
-                "SELECT user_id FROM votes WHERE over_cap = 0 ORDER BY id DESC LIMIT ?",
+                "SELECT user_id FROM votes ORDER BY id DESC LIMIT ?",
                 (self.identity_window_votes - 1,),  # the new vote completes the window
             )
         ]

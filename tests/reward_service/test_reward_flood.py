@@ -74,19 +74,19 @@ def test_a_flood_from_one_identity_does_not_dominate_training_or_evaluation(
         ledger = {f for s in checkpoints.lineage(final.version) for f in s.trained_feedback_ids}
         mallory_ids = {t.feedback.feedback_id for t in mallory}
         trained_mallory = ledger & mallory_ids
-        # Every honest trainable vote is trained. Mallory, 1 of 11 identities: with M of her votes admitted
-        # among the 60 honest ones, M ≤ max(16, 3 × (60 + M) / 11), so M ≤ 22 (all within one 256-vote
-        # window), of the 72 she cast; trained ones are those of hers not on held-out prompts.
+        # Every honest trainable vote is trained. Mallory: the 10 honest users hold at most 6 votes each (60
+        # in all, one 256-vote window), so the typical other voter's count Σc²/Σc is at most 6 and she gets
+        # M ≤ max(16, 3 × 6) = 18 of her 72 votes in; trained ones are those of hers not on held-out prompts.
         assert trainable_honest <= ledger
-        assert len(trained_mallory) <= 22
+        assert len(trained_mallory) <= 18
         print(f"trained: {len(ledger)} votes, {len(trained_mallory)} of mallory's {len(mallory)}")
         over_cap = metric(service.url, "rlhf_reward_votes_over_cap")
-        assert over_cap >= len(mallory) - 22
+        assert over_cap >= len(mallory) - 18
         # The gauges: the flood is visible among the votes received, bounded among those trained.
         assert metric(service.url, "rlhf_reward_identities", {"set": "received"}) == HONEST_USERS + 1
         assert metric(service.url, "rlhf_reward_identity_top_share", {"set": "received"}) == 72 / 132
         trained_top = metric(service.url, "rlhf_reward_identity_top_share", {"set": "trained"})
-        assert trained_top <= 22 / (22 + len(trainable_honest))
+        assert trained_top <= 18 / (18 + len(trainable_honest))
 
         # The evaluation set: mallory's share bounded, the honest held-out votes all in it.
         store = JoinStore(tmp_path / "reward" / "joins.sqlite", FRACTION)
@@ -98,7 +98,7 @@ def test_a_flood_from_one_identity_does_not_dominate_training_or_evaluation(
         held_honest = {t.feedback.feedback_id for t in honest if held(t, FRACTION)}
         in_set = {e.feedback_id for e in evaluated}
         assert held_honest <= in_set
-        assert sum(e.user_id == "mallory" for e in evaluated) <= 22
+        assert sum(e.user_id == "mallory" for e in evaluated) <= 18
         assert not any(over[f] for f in trainable_honest | held_honest)  # no honest vote was capped
         assert final.heldout.votes == len(evaluated)
         share = metric(service.url, "rlhf_reward_identity_top_share", {"set": "heldout"})

@@ -49,25 +49,48 @@ def test_a_single_identity_or_a_handful_of_votes_is_never_capped():
     assert not admits([*window, "alice"], "alice", factor=3.0)
 
 
-def test_admission_limits_a_flood_to_twice_an_equal_share():
-    """Nine honest users and one flooder casting 9 of every 10 votes, factor 2: of what is admitted, the
-    flooder holds at most 2 × 1/10 (the hand-computed bound), and every honest vote is admitted."""
-    rng = random.Random(1)
+def offer(votes: list[str], factor: float = DEFAULT_SHARE_FACTOR) -> list[bool]:
+    """Admission of each vote in turn, the window being the latest votes received (as the join store keeps
+    it)."""
     window: list[str] = []
-    admitted = {"flood": 0, "honest": 0}
-    offered = {"flood": 0, "honest": 0}
-    for i in range(3000):
-        user = "mallory" if rng.random() < 0.9 else f"u{rng.randrange(9)}"
-        kind = "flood" if user == "mallory" else "honest"
-        offered[kind] += 1
-        if admits(window, user, factor=2.0):
-            admitted[kind] += 1
-            window = [*window, user][-255:]
-    assert admitted["honest"] == offered["honest"]
-    share = admitted["flood"] / (admitted["flood"] + admitted["honest"])
-    print("offered", offered, "admitted", admitted, f"flood share {share:.3f}")
-    assert 0.15 < share <= 0.2 + 0.01  # bound 2/10, up to the first window's start
-    assert window.count("mallory") <= 2 * 256 / 10
+    admitted = []
+    for user in votes:
+        admitted.append(admits(window, user, factor))
+        window = [*window, user][-(DEFAULT_WINDOW_VOTES - 1) :]
+    return admitted
+
+
+def test_admission_holds_a_flood_to_min_votes_and_admits_every_honest_vote():
+    """Nine honest users and one flooder casting 9 of every 10 votes: the typical other voter has about 3
+    votes in the window, so the flooder's bar is MIN_VOTES; once past it, she stays over for as long as she
+    floods (her over-cap votes stay in the window)."""
+    rng = random.Random(1)
+    votes = ["u0"] + ["mallory" if rng.random() < 0.9 else f"u{rng.randrange(9)}" for _ in range(3000)]
+    admitted = offer(votes)
+    assert all(ok for user, ok in zip(votes, admitted) if user != "mallory")
+    assert sum(ok for user, ok in zip(votes, admitted) if user == "mallory") == MIN_VOTES
+
+
+def test_many_one_vote_identities_do_not_lock_regular_voters_out():
+    """The attack that stopped the first version's training: four regular users take turns (30 votes
+    each), then 40 one-vote identities and a 100-vote flood arrive, then the regular users go on for 400
+    votes. Every regular vote is admitted: the one-vote identities barely move the typical other voter
+    (Σc²/Σc = (4·900 + 40) / 160 = 22.75), so the flood is held to floor(3 × 22.75) = 68 votes (nothing
+    leaves the 255-vote window before its 96th vote), and the window keeps moving."""
+    regular = [f"sim-{i % 4}" for i in range(120)]
+    sybils = [f"anon-{i}" for i in range(40)]
+    votes = regular + sybils + ["mallory"] * 100 + [f"sim-{i % 4}" for i in range(400)]
+    admitted = offer(votes)
+    assert all(ok for user, ok in zip(votes, admitted) if user.startswith(("sim-", "anon-")))
+    assert sum(ok for user, ok in zip(votes, admitted) if user == "mallory") == 68
+
+
+def test_a_heavy_voter_is_capped_at_factor_times_the_typical_other():
+    """Three others with 20 votes each in the window: the typical other voter has 20, so a fourth identity
+    may hold 3 × 20 = 60 (hand-computed), not 61."""
+    window = [f"u{i}" for i in range(3) for _ in range(20)] + ["heavy"] * 59
+    assert admits(window, "heavy", factor=3.0)
+    assert not admits([*window, "heavy"], "heavy", factor=3.0)
 
 
 def test_factor_zero_turns_the_cap_off():
@@ -77,8 +100,9 @@ def test_factor_zero_turns_the_cap_off():
 
 def test_evaluation_set_keeps_each_identity_to_its_share():
     """Newest first. Only mallory among the first 32: an identity alone is not capped. Mallory alternating
-    with 12 users: of the first 64 items k = 13, so she keeps max(16, floor(3 × 64 / 13) = 14) = 16; the
-    set then holds what there is (all 40 of the others: 56 of 64)."""
+    with 12 users: of the first 64 items the others hold 32 votes, 8 users 3 and 4 users 2 (Σc²/Σc =
+    (8·9 + 4·4) / 32 = 2.75), so she keeps max(16, 3 × 2.75) = 16; the set then holds what there is (all 40
+    of the others: 56 of 64)."""
     users = ["m"] * 40 + [f"u{i % 12}" for i in range(24)]
     assert cap_per_identity(users, limit=32, factor=3.0) == list(range(32))
     mixed = [u for pair in zip(["m"] * 40, [f"u{i % 12}" for i in range(40)], strict=True) for u in pair]
@@ -103,9 +127,9 @@ def store(tmp_path):
 
 
 def test_store_keeps_a_flood_out_of_training_pairs_and_evaluation(store):
-    """20 honest votes by 10 users, then mallory's 40 votes (opposite ratings): 3 × 1/11 of at most 60 votes
-    is below MIN_VOTES (16), so mallory gets exactly 16 votes in; the rest are kept, but never trained,
-    paired or evaluated."""
+    """20 honest votes by 10 users (2 each), then mallory's 40 votes (opposite ratings): 3 × the typical other
+    voter's 2 votes is below MIN_VOTES (16), so mallory gets exactly 16 votes in; the rest are kept, but
+    never trained, paired or evaluated."""
     train, held = prompts(held=False, n=30), prompts(held=True, n=30)
     for i in range(20):
         prompt = (train if i % 2 else held)[i]
@@ -156,17 +180,18 @@ def test_store_with_the_cap_off_trains_the_flood(tmp_path):
 
 
 def test_evaluation_set_caps_an_identity_voting_on_held_out_prompts(store):
-    """Mallory casts 1 of every 5 votes (within her admission cap, 3 × 1/14) but only on held-out prompts,
-    where she casts half the votes. In a 64-vote evaluation set she keeps max(16, floor(3 × 64 / 14) = 13)
-    = 16 votes, not 32; honest held-out votes fill the rest."""
-    held, train = prompts(held=True, n=120), prompts(held=False, n=180)
+    """Mallory casts 1 of every 6 votes (about 43 of a 256-vote window, within her admission cap of 3 × the
+    13 others' ~16) but only on held-out prompts, where she casts half the votes. Among the newest 64
+    held-out votes the others hold 32 (6 users 3, 7 users 2: Σc²/Σc = 82/32), so she keeps
+    max(16, 3 × 2.56) = 16 votes, not 32; honest held-out votes fill the rest."""
+    held, train = prompts(held=True, n=120), prompts(held=False, n=240)
     for i in range(60):
         store.add_interaction(interaction(f"m{i}", prompt=held[i]))
         store.add_vote(vote(f"fm{i}", f"m{i}", DOWN, user="mallory"))
         store.add_interaction(interaction(f"h{i}", prompt=held[60 + i]))
         store.add_vote(vote(f"fh{i}", f"h{i}", UP, user=f"u{i % 13}"))
-        for j in range(3):
-            store.add_interaction(interaction(f"t{i}-{j}", prompt=train[3 * i + j]))
+        for j in range(4):
+            store.add_interaction(interaction(f"t{i}-{j}", prompt=train[4 * i + j]))
             store.add_vote(vote(f"ft{i}-{j}", f"t{i}-{j}", UP, user=f"u{(i + j + 1) % 13}"))
     assert store.over_cap() == 0
     chosen = store.heldout(64, per_response=3)
