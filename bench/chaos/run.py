@@ -30,18 +30,22 @@ from pathlib import Path
 
 import httpx
 from kafka import KafkaConsumer, TopicPartition
-from rich.console import Console
 from rich.table import Table
 
-from bench.chaos.ledger import delivery, learner_double_counts, load_states, reward_double_counts
+from bench.chaos.ledger import (
+    delivery,
+    learner_double_counts,
+    load_states,
+    reward_double_counts,
+)
 from loop import run as main_job
 from loop.processes import ROOT, Service, free_port, kafka_ctl
-from loop.report import samples
+from loop.report import make_console, samples
 from loop.users import SimulatedUsers
 from proto import topics, wire
 from proto.topics import KafkaSettings, ensure_topics
 
-console = Console()
+console = make_console()
 RESULTS = ROOT / "bench" / "results"
 POLL_S = 1.0
 
