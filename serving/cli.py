@@ -29,7 +29,11 @@ def main() -> None:
     for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("HF_HOME", "hf")):
         os.environ.setdefault(var, str(cache / sub))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: trust only the configured proxies.
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info",
+                proxy_headers=bool(settings.forwarded_allow_ips),
+                forwarded_allow_ips=settings.forwarded_allow_ips,
+                limit_concurrency=settings.limit_concurrency)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Serving configuration, read from the environment (prefix ``RLHF_SERVING_``) by pydantic-settings."""
 
+import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,17 @@ class Settings(BaseSettings):
     max_model_len: int = Field(2048, description="Context length in tokens (prompt + completion).")
     default_max_tokens: int = Field(256, description="Completion budget when a request sets none (tokens).")
     max_request_bytes: int = Field(1 << 20, description="Largest request body accepted (bytes); larger → 413.")
+    request_body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a client may take to send a request body, from the end of its "
+        "headers (s); slower → 408 request_timeout, so a stalled upload does not hold a connection open.")
+    limit_concurrency: int = Field(
+        512, ge=1, description="Open connections (or requests in progress) at which new requests get 503, so "
+        "one client cannot exhaust the process's file descriptors (uvicorn's limit_concurrency).")
+    forwarded_allow_ips: str = Field(
+        "", description="Comma-separated addresses or networks (CIDR) of the proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are trusted for the client IP and scheme; '*' trusts any peer. Empty (the "
+        "default) trusts none, so a client cannot choose its own IP (the per-IP limit on new anonymous "
+        "identities). Set it to the load balancer's addresses when serving runs behind one.")
     swap_drain_timeout_s: float = Field(
         30.0, gt=0, description="Longest a policy swap waits for requests in flight to finish on the old "
         "weights (s); those still running then are cut (a stream ends with an error frame, code policy_swap; "
@@ -69,6 +81,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Votes one identity may cast per minute, per replica (burst the same).")
     max_streams_per_user: int = Field(
         4, ge=1, description="Streaming chat completions one identity may have open at once, per replica.")
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        # uvicorn would take a misspelt address as a literal that never matches: refuse it here instead
+        for entry in (e.strip() for e in value.split(",")):
+            if entry and entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address, a network (10.0.0.0/8) or '*'") \
+                        from None
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":

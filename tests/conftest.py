@@ -29,6 +29,7 @@ MODEL = "smollm2-135m-instruct"
 ADMIN_TOKEN = "test-admin-token"
 SECRET = "test-secret-shared-by-the-replicas-0123456789"
 USERS = ("alice", "mallory")
+BODY_TIMEOUT_S, LIMIT_CONCURRENCY = 10, 128  # the shared server's (tests/serving/test_connections.py)
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +146,10 @@ def serving_env(broker, keys_file, api_keys, tmp_path_factory) -> dict[str, str]
             "RLHF_SERVING_ADMIN_TOKEN": ADMIN_TOKEN, "RLHF_SERVING_API_KEYS_FILE": str(keys_file),
             "RLHF_SERVING_SECRET": SECRET, "RLHF_SERVING_ANONYMOUS": "true",
             # the limits are tested on a replica with the defaults (test_auth.py); here tests share one user
-            "RLHF_SERVING_CHAT_PER_MINUTE": "10000", "RLHF_SERVING_MAX_STREAMS_PER_USER": "64"}
+            "RLHF_SERVING_CHAT_PER_MINUTE": "10000", "RLHF_SERVING_MAX_STREAMS_PER_USER": "64",
+            # low enough for tests/serving/test_connections.py to reach in seconds
+            "RLHF_SERVING_REQUEST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+            "RLHF_SERVING_LIMIT_CONCURRENCY": str(LIMIT_CONCURRENCY)}
 
 
 @pytest.fixture(scope="session")

@@ -53,8 +53,10 @@ def chat(url: str, key: str, **extra) -> httpx.Response:
                       json={"model": MODEL, "messages": HI, "max_tokens": 2, **extra})
 
 
-def vote(url: str, key: str | None, response_id: str, token: str, rating: str = "up", **kw) -> httpx.Response:
-    return httpx.post(f"{url}/v1/feedback", headers=auth(key) if key else {}, timeout=30,
+def vote(url: str, key: str | None, response_id: str, token: str, rating: str = "up",
+         headers: dict[str, str] | None = None, **kw) -> httpx.Response:
+    headers = {**(auth(key) if key else {}), **(headers or {})}
+    return httpx.post(f"{url}/v1/feedback", headers=headers, timeout=30,
                       json={"response_id": response_id, "feedback_token": token, "rating": rating}, **kw)
 
 
@@ -224,12 +226,16 @@ def test_anonymous_mode_issues_a_signed_identity_and_refuses_a_tampered_one(serv
         assert error_of(chat(server.url, "rlhf-wrong"), 401)["code"] == "invalid_api_key"
         assert feedback.read(1, timeout_s=2) == []
 
-    # one client IP gets a bounded number of new identities
-    statuses = [vote(server.url, None, "chatcmpl-x", "e30.AAAA").status_code for _ in range(12)]
+    # one client IP gets a bounded number of new identities (10 a minute), whatever X-Forwarded-For it
+    # claims: serving trusts no proxy by default
+    spoofed = [{"X-Forwarded-For": f"203.0.113.{i}"} for i in range(15)]
+    statuses = [vote(server.url, None, "chatcmpl-x", "e30.AAAA", headers=h).status_code for h in spoofed]
     first_429 = statuses.index(429)
-    assert set(statuses[:first_429]) == {403} and first_429 <= 10
-    limited = vote(server.url, None, "chatcmpl-x", "e30.AAAA")
-    assert error_of(limited, 429)["code"] == "rate_limit_exceeded" and int(limited.headers["retry-after"]) >= 1
+    assert set(statuses[:first_429]) == {403} and first_429 <= 10 and set(statuses[first_429:]) == {429}
+    limited = vote(server.url, None, "chatcmpl-x", "e30.AAAA", headers={"X-Forwarded-For": "198.51.100.7"})
+    error = error_of(limited, 429)
+    assert error["code"] == "rate_limit_exceeded" and int(limited.headers["retry-after"]) >= 1
+    assert "from 127.0.0.1 " in error["message"]
 
 
 def test_replica_secrets_agree_on_one_machine(tmp_path):
