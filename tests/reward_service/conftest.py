@@ -11,6 +11,7 @@ from loop.processes import Service, free_port
 from proto import wire
 from proto.topics import KafkaSettings, ensure_topics
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
+from reward_service.store import JoinStore
 from tests.conftest import kafka_env
 
 
@@ -78,3 +79,11 @@ def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float |
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 return sample.value
     return None
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A join store on a fresh SQLite file, half of the prompts held out."""
+    s = JoinStore(tmp_path / "joins.sqlite", heldout_fraction=0.5)
+    yield s
+    s.close()

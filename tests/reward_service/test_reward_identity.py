@@ -119,13 +119,6 @@ def test_distribution():
     assert math.isnan(Distribution.of([]).top_share)
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = JoinStore(tmp_path / "joins.sqlite", heldout_fraction=0.5)
-    yield s
-    s.close()
-
-
 def test_store_keeps_a_flood_out_of_training_pairs_and_evaluation(store):
     """20 honest votes by 10 users (2 each), then mallory's 40 votes (opposite ratings): 3 × the typical other
     voter's 2 votes is below MIN_VOTES (16), so mallory gets exactly 16 votes in; the rest are kept, but

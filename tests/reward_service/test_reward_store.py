@@ -66,13 +66,6 @@ def training_ids(n: int) -> list[str]:
     return [f"r{i}" for i in range(n)]
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = JoinStore(tmp_path / "joins.sqlite", heldout_fraction=0.5)
-    yield s
-    s.close()
-
-
 def test_vote_waits_for_its_interaction_then_joins(store):
     (r,) = training_ids(1)
     store.add_vote(vote("f1", r))
