@@ -36,9 +36,10 @@ class PPOCommand(LearnerConfig):
 
     def cli_cmd(self) -> None:
         from learner import distributed
-        from learner.loop import Learner, run_worker
+        from learner.service import Learner, run_worker
         from proto.retry import call_with_retry
-        from proto.topics import KafkaSettings, ensure_topics
+        from proto.settings import KafkaSettings
+        from proto.topics import ensure_topics
 
         ranks, device = distributed.start(self.device, self.rank_wait_timeout_s)
         stop = threading.Event()

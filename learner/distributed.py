@@ -8,7 +8,7 @@
 Without ``WORLD_SIZE`` in the environment (or with 1) nothing here runs a collective: the learner is the
 single process it always was. With several ranks:
 
-- **Rank 0 is the learner** (learner/loop.py): it alone reads the batch from Kafka, scores it through the
+- **Rank 0 is the learner** (learner/service.py): it alone reads the batch from Kafka, scores it through the
   reward service, runs the gates, writes the one checkpoint, commits the offsets and publishes; it serves
   ``/metrics``. So the crash guarantees are the single process's: one writer, checkpoint before commit.
 - **Ranks 1.. are workers** (:func:`serve`): the same policy, reference and optimizer, nothing else. For

@@ -16,7 +16,7 @@ actions on the policy topic move serving away from that parent, and the learner 
 - **unpin**: the learner follows what serving serves again (chosen as after a rollback), re-baselining
   unless that is the version it trained from during the pin (then it trains on from its own weights).
 
-Pure logic over a folded :class:`~proto.policy_log.PolicyLog`; learner/loop.py reads the topic and acts.
+Pure logic over a folded :class:`~proto.policy_log.PolicyLog`; learner/service.py reads the topic and acts.
 """
 
 from dataclasses import dataclass

@@ -36,7 +36,7 @@ from proto import policy_store, topics, wire
 from proto.events_pb2 import PolicyVersion
 from proto.policy_log import PolicyLog
 from proto.retry import call_with_retry
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 
 _log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0

@@ -28,7 +28,7 @@ from kafka.structs import OffsetAndMetadata
 from proto import topics, wire
 from proto.events_pb2 import Interaction
 from proto.retry import RETRIED, call_with_retry
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

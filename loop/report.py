@@ -31,7 +31,7 @@ from rich.table import Table
 from proto import topics, wire
 from proto.events_pb2 import Feedback, PolicyStatus, Rating
 from proto.policy_log import PolicyLog
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 
 
 def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:

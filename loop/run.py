@@ -29,7 +29,8 @@ from loop.preference import PREFERENCES
 from loop.processes import ROOT, Service
 from loop.report import make_console, scrape
 from loop.users import SimulatedUsers, UserStats, provision_keys
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from serving.settings import default_state_dir
 
 console = make_console()

@@ -2,39 +2,22 @@
 
 Topic names are ``<prefix><name>`` (prefix ``rlhf.`` by default, so one cluster can hold several
 deployments). Every service reads the broker address and prefix from the same environment variables
-(``RLHF_KAFKA_BOOTSTRAP_SERVERS``, ``RLHF_KAFKA_TOPIC_PREFIX``) through :class:`KafkaSettings`.
+(``RLHF_KAFKA_BOOTSTRAP_SERVERS``, ``RLHF_KAFKA_TOPIC_PREFIX``) through :class:`proto.settings.KafkaSettings`.
 
 Run ``python -m proto.topics`` (console script ``rlhf-topics``) to create any missing topic.
 """
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from proto.settings import KafkaSettings
 
 WEEK_MS = 7 * 24 * 3600 * 1000
-
-
-class KafkaSettings(BaseSettings):
-    """Where the broker is and how topics are named. Environment prefix ``RLHF_KAFKA_``."""
-
-    model_config = SettingsConfigDict(env_prefix="RLHF_KAFKA_", extra="ignore")
-
-    # Without an explicit address, the local broker of deploy/kafka/kafka.sh on $RLHF_KAFKA_PORT.
-    bootstrap_servers: str = Field(default_factory=lambda: f"127.0.0.1:{os.environ.get('RLHF_KAFKA_PORT', '9092')}")
-    topic_prefix: str = "rlhf."
-    partitions: int = 1
-    replication_factor: int = 1
-
-    def topic(self, name: str) -> str:
-        """Full topic name of ``name`` (one of :data:`TOPICS`)."""
-        return self.topic_prefix + name
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 from reward_service.model import ContextTooLong
 from reward_service.protocol import ErrorBody, ErrorResponse, ScoreRequest, ScoreResponse
 from reward_service.service import RewardService

@@ -3,7 +3,7 @@
 import logging
 from collections.abc import Callable
 
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 from reward_service.checkpoint import CheckpointStore, new_state
 from reward_service.metrics import RewardMetrics
 from reward_service.model import load_reward_model

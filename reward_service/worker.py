@@ -35,7 +35,8 @@ from kafka.structs import OffsetAndMetadata
 from proto import topics, wire
 from proto.device import resolve_device
 from proto.retry import RETRIED, call_with_retry, kafka_retrying
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from reward_service.checkpoint import OVERLAY, CheckpointStore, new_state
 from reward_service.identity import Distribution
 from reward_service.metrics import RewardMetrics, cpu_clock

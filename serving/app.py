@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 from serving import admin, errors, metrics, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
 from serving.chat import Caller, ChatService

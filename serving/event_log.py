@@ -17,7 +17,7 @@ from kafka.errors import KafkaError
 
 from proto import wire
 from proto.events_pb2 import SpooledRecord
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 from serving import metrics
 from serving.spool import Spool
 

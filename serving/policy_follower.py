@@ -18,7 +18,7 @@ from kafka.errors import KafkaError
 from proto import topics, wire
 from proto.policy_log import PolicyLog
 from proto.policy_store import local_dir, weights_sha256
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 from serving import metrics
 from serving.engine import PolicyEngine
 

@@ -19,7 +19,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from loop.processes import Service, free_port, kafka_ctl
 from proto import wire
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from serving.keys import KeyFile
 
 ROOT = Path(__file__).resolve().parents[1]

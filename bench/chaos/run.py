@@ -43,7 +43,8 @@ from loop.processes import ROOT, Service, free_port, kafka_ctl
 from loop.report import make_console, samples
 from loop.users import SimulatedUsers
 from proto import topics, wire
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 
 console = make_console()
 RESULTS = ROOT / "bench" / "results"

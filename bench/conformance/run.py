@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/conformance/run.
     sys.path.insert(0, str(ROOT))
 
 from bench.serving.run import MODEL_NAME, make_service  # noqa: E402
-from proto.topics import KafkaSettings, ensure_topics  # noqa: E402
+from proto.settings import KafkaSettings  # noqa: E402
+from proto.topics import ensure_topics  # noqa: E402
 from serving.settings import default_state_dir  # noqa: E402
 
 ASK = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]

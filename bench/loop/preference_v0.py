@@ -28,7 +28,8 @@ from loop.preference import PREFERENCES, distinct_trigram_ratio
 from loop.processes import Service, free_port
 from loop.report import wilson
 from loop.users import load_prompts
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from serving.settings import default_state_dir
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -57,7 +57,8 @@ from loop.report import fmt_rate, wilson
 from loop.users import load_prompts
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from reward_service.checkpoint import CheckpointStore
 from reward_service.settings import Settings
 

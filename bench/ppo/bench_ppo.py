@@ -259,7 +259,8 @@ def produce_events(batch: dict, prefix: str) -> None:
 
     from proto import topics, wire
     from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
-    from proto.topics import KafkaSettings, ensure_topics
+    from proto.settings import KafkaSettings
+    from proto.topics import ensure_topics
 
     kafka = KafkaSettings(topic_prefix=prefix)
     ensure_topics(kafka)
@@ -288,7 +289,8 @@ def delete_topics(prefix: str) -> None:
     try:
         from kafka.admin import KafkaAdminClient
 
-        from proto.topics import TOPICS, KafkaSettings
+        from proto.settings import KafkaSettings
+        from proto.topics import TOPICS
 
         kafka = KafkaSettings(topic_prefix=prefix)
         admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="bench-ppo")
@@ -399,9 +401,13 @@ def run_learner(spec: dict) -> dict:
     import torch
 
     import learner
-    from learner import loop
+
+    try:
+        from learner import service as loop
+    except ImportError:  # the old side's commit predates the rename of learner/loop.py
+        from learner import loop
     from learner.config import LearnerConfig
-    from proto.topics import KafkaSettings
+    from proto.settings import KafkaSettings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)

@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from loop.processes import Service, free_port
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from reward_service.settings import Settings
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -57,7 +57,8 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/serving/run.py`
     sys.path.insert(0, str(ROOT))
 
 from loop.processes import Service, free_port  # noqa: E402
-from proto.topics import KafkaSettings, ensure_topics  # noqa: E402
+from proto.settings import KafkaSettings  # noqa: E402
+from proto.topics import ensure_topics  # noqa: E402
 from serving.keys import KeyFile  # noqa: E402
 from serving.settings import default_state_dir  # noqa: E402
 

@@ -6,10 +6,11 @@ import threading
 import time
 import uuid
 
-from learner.loop import Learner
+from learner.service import Learner
 from loop.processes import kafka_ctl
 from proto.events_pb2 import PolicyStatus
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from tests.conftest import BROKER_PORT
 from tests.learner.conftest import (
     committed_offset,

@@ -23,7 +23,8 @@ from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, respon
 from learner.ppo import logprobs_of
 from proto import topics, wire
 from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 
 # Prompts and canned replies; the replies' log-probs come from the real model, so they are genuine
 # behaviour log-probs of version 0 for these responses.

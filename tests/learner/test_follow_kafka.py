@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from learner.checkpoint import PendingPublication
 from learner.follow import rolled_back_in_lineage
-from learner.loop import Learner
+from learner.service import Learner
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_log import PolicyLog
@@ -83,7 +83,7 @@ def _config(tmp_path, scorer):
 def test_a_rollback_rebaselines_on_the_served_version_and_nothing_descends_from_it(
     tmp_path, fresh_kafka, scorer, make_interactions, model_dir, caplog
 ):
-    caplog.set_level(logging.INFO, logger="learner.loop")
+    caplog.set_level(logging.INFO, logger="learner.service")
     cfg = _config(tmp_path, scorer)
     produce(fresh_kafka, make_interactions(4))
     learner = Learner(cfg, fresh_kafka)
@@ -135,7 +135,7 @@ def test_a_rollback_rebaselines_on_the_served_version_and_nothing_descends_from_
 def test_a_pin_holds_publishing_survives_a_restart_and_the_unpin_resumes_it(
     tmp_path, fresh_kafka, scorer, make_interactions, caplog
 ):
-    caplog.set_level(logging.INFO, logger="learner.loop")
+    caplog.set_level(logging.INFO, logger="learner.service")
     cfg = _config(tmp_path, scorer)
     produce(fresh_kafka, make_interactions(4))
     learner = Learner(cfg, fresh_kafka)

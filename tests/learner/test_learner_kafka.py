@@ -14,8 +14,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner.checkpoint import PendingPublication
-from learner.loop import Learner
 from learner.reward import RewardClient
+from learner.service import Learner
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import local_dir, weights_sha256

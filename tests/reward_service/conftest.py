@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loop.processes import Service, free_port
 from proto import wire
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
 from reward_service.store import JoinStore
 from tests.conftest import kafka_env

@@ -15,7 +15,8 @@ from loop.processes import Service, free_port
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import weights_sha256
-from proto.topics import KafkaSettings, ensure_topics
+from proto.settings import KafkaSettings
+from proto.topics import ensure_topics
 from tests.conftest import TopicReader, kafka_env
 from tests.serving.conftest import MODEL, auth
 

@@ -53,7 +53,7 @@ from proto import wire
 from proto.device import autocast, resolve_device
 from proto.events_pb2 import Interaction, PolicyStatus, PolicyVersion
 from proto.policy_log import PolicyLog
-from proto.topics import KafkaSettings
+from proto.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
