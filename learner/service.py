@@ -39,10 +39,10 @@ import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from learner import checkpoint, follow, gates
-from learner import metrics as m
 from learner.checkpoint import LearnerState, PendingPublication
 from learner.config import LearnerConfig
 from learner.distributed import SINGLE, Ranks, Step, Stop, serve, snapshot
+from learner.metrics import LearnerMetrics
 from learner.model import PolicyWithValueHead, ReferenceTop, generate, load_lm, load_tokenizer
 from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
@@ -87,7 +87,8 @@ class Learner:
         self.ranks = ranks
         self.device = device or resolve_device(cfg.device)
         # /metrics answers from the start, so supervisors see the process alive while models load.
-        self._metrics_server, _ = start_http_server(cfg.metrics_port)
+        self.metrics = LearnerMetrics()
+        self._metrics_server, _ = start_http_server(cfg.metrics_port, registry=self.metrics.registry)
         self.metrics_port = self._metrics_server.server_port
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.init_model)
@@ -132,9 +133,10 @@ class Learner:
         self._batch_ids: set[str] = set()
 
         self.reader = InteractionReader(kafka, cfg.group_id, self.state.offsets, self.stop)
-        m.POLICY_VERSION.set(self.state.parent_version)
-        m.KL_COEF.set(self.trainer.kl_ctl.value)
-        m.REWARD_SERVICE_UP.set(1)  # until a call fails: 0 means "failed and waiting", not "not yet asked"
+        self.metrics.policy_version.set(self.state.parent_version)
+        self.metrics.kl_coef.set(self.trainer.kl_ctl.value)
+        # 1 until a call fails: 0 means "failed and waiting", not "not yet asked"
+        self.metrics.reward_service_up.set(1)
         if self.state.pending is not None:
             self.publish(self.state.pending)
         self._follow_served()
@@ -195,7 +197,7 @@ class Learner:
             else:
                 log.warning("the pin of v%d was lifted: candidates are published again", state.pinned_version)
         state.pinned_version = decision.pinned
-        m.PUBLISHING_PAUSED.labels("pin").set(decision.pinned is not None)
+        self.metrics.publishing_paused.labels("pin").set(decision.pinned is not None)
         if decision.version != state.parent_version:
             self._rebaseline(policies, decision)
 
@@ -213,7 +215,7 @@ class Learner:
         state.response_ids = []  # this checkpoint trained no batch
         checkpoint.save(self.cfg.checkpoint_dir, state, self.policy, self.trainer.optimizer,
                         self.cfg.keep_checkpoints)
-        m.POLICY_VERSION.set(decision.version)
+        self.metrics.policy_version.set(decision.version)
         log.warning("%s: re-baselined from v%d on v%d, what serving serves (optimizer moments and reward "
                     "normalisation reset)", decision.reason, previous, decision.version)
 
@@ -309,7 +311,7 @@ class Learner:
             if not transient(exc):
                 raise
             log.warning("reward service unreachable during the gates (%r): gating again later", exc)
-            m.REWARD_SERVICE_UP.set(0)
+            self.metrics.reward_service_up.set(0)
             return None
 
     def iterate(self, stop: threading.Event) -> IterationStats | None:
@@ -317,19 +319,19 @@ class Learner:
         the reward model is not yet good enough (then after waiting ``reward_wait_s``)."""
         cfg, state = self.cfg, self.state
         self._batch_ids: set[str] = set()
-        with m.stage("read"):
+        with self.metrics.stage("read"):
             batch = self.reader.next_batch(
                 cfg.min_batch_size, cfg.batch_size, self._reject, cfg.poll_timeout_s, stop.is_set
             )
         if batch is None:
             return None
         start = time.monotonic()
-        with m.stage("follow"):
+        with self.metrics.stage("follow"):
             self._follow_served()
-        with m.stage("experience"):
+        with self.metrics.stage("experience"):
             rollouts = self._rollouts(batch.events)
         # 3. score, and only from a reward model that beats chance on its held-out votes
-        with m.stage("score"):
+        with self.metrics.stage("score"):
             try:
                 scores = self.reward.score(
                     [ScoreRequest(r.prompt_messages, r.response_text, r.finish_reason) for r in rollouts]
@@ -339,23 +341,23 @@ class Learner:
                     raise
                 # Down or restarting: the batch goes back to the topic and is read again, nothing is lost.
                 log.warning("reward service unreachable (%r): batch rewound; waiting", exc)
-                m.REWARD_SERVICE_UP.set(0)
+                self.metrics.reward_service_up.set(0)
                 self.reader.rewind(state.offsets)
                 stop.wait(cfg.reward_wait_s)
                 return None
-        m.REWARD_SERVICE_UP.set(1)
-        m.REWARD_MODEL_VERSION.set(scores.reward_model_version)
-        m.REWARD_MODEL_ACCURACY.set(
+        self.metrics.reward_service_up.set(1)
+        self.metrics.reward_model_version.set(scores.reward_model_version)
+        self.metrics.reward_model_accuracy.set(
             float("nan") if scores.heldout_balanced_accuracy is None else scores.heldout_balanced_accuracy
         )
         if not self._reward_model_ready(scores):
-            m.WAITING_FOR_REWARD_MODEL.set(1)
+            self.metrics.waiting_for_reward_model.set(1)
             self.reader.rewind(state.offsets)
             stop.wait(cfg.reward_wait_s)
             return None
-        m.WAITING_FOR_REWARD_MODEL.set(0)
+        self.metrics.waiting_for_reward_model.set(0)
         # 4. PPO, on every rank
-        with m.stage("update"):
+        with self.metrics.stage("update"):
             if self.ranks.distributed:
                 self.ranks.broadcast(
                     Step(rollouts, scores.rewards, scores.reward_model_version, state.iteration)
@@ -376,21 +378,21 @@ class Learner:
             if state.pinned_version is not None:
                 log.info("v%d is pinned: candidate not gated", state.pinned_version)
             else:
-                with m.stage("gates"), self._precision():
+                with self.metrics.stage("gates"), self._precision():
                     report = self._gate()
         if report is not None:
             state.pending = PendingPublication(
                 report.passed, report.reason, report.kl, report.reward_mean, report.answers, report.changed
             )
         # 6. checkpoint, 7. then commit
-        with m.stage("checkpoint"):
+        with self.metrics.stage("checkpoint"):
             checkpoint.save(
                 cfg.checkpoint_dir, state, self.policy, self.trainer.optimizer, cfg.keep_checkpoints
             )
             self.reader.commit(state.offsets)
         # 8. publish
         if state.pending is not None:
-            with m.stage("publish"):
+            with self.metrics.stage("publish"):
                 self.publish(state.pending)
         self._observe(stats, batch.dropped, len(rollouts), time.monotonic() - start)
         log.info(
@@ -476,11 +478,11 @@ class Learner:
         if record.status == PolicyStatus.POLICY_STATUS_PROMOTED:
             state.parent_version = record.version
             state.baseline_answers = pending.answers
-            m.VERSIONS_PUBLISHED.inc()
-            m.POLICY_VERSION.set(record.version)
+            self.metrics.versions_published.inc()
+            self.metrics.policy_version.set(record.version)
         else:
             if record.status == PolicyStatus.POLICY_STATUS_REJECTED:
-                m.VERSIONS_REJECTED.inc()
+                self.metrics.versions_rejected.inc()
             else:  # published before a crash, and rolled back by an operator since: not a parent
                 log.warning(
                     "version %d is %s (%s)", record.version, PolicyStatus.Name(record.status), record.reason
@@ -492,26 +494,31 @@ class Learner:
     def _observe(
         self, stats: IterationStats, dropped: dict[str, int], n_rollouts: int, duration_s: float
     ) -> None:
-        m.REWARD_MEAN.set(stats.reward_mean)
-        m.KL_TO_REFERENCE.set(stats.kl)
-        m.KL_COEF.set(stats.kl_coef)
-        m.POLICY_LOSS.set(stats.policy_loss)
-        m.VALUE_LOSS.set(stats.value_loss)
-        m.ENTROPY.set(stats.entropy)
-        m.CLIP_FRACTION.set(stats.clip_fraction)
-        m.APPROX_KL.set(stats.approx_kl)
-        m.EXPLAINED_VARIANCE.set(stats.explained_variance)
+        m = self.metrics
+        m.reward_mean.set(stats.reward_mean)
+        m.kl_to_reference.set(stats.kl)
+        m.sampled_kl.set(stats.sampled_kl)
+        m.kl_coef.set(stats.kl_coef)
+        m.policy_loss.set(stats.policy_loss)
+        m.value_loss.set(stats.value_loss)
+        m.value_clip_fraction.set(stats.value_clip_fraction)
+        m.entropy.set(stats.entropy)
+        m.clip_fraction.set(stats.clip_fraction)
+        m.approx_kl.set(stats.approx_kl)
+        m.ratio_mean.set(stats.ratio_mean)
+        m.grad_norm.set(stats.grad_norm)
+        m.explained_variance.set(stats.explained_variance)
         if stats.behaviour_gap is not None:
-            m.BEHAVIOUR_GAP.set(stats.behaviour_gap)
-            m.TRUNCATED_FRACTION.set(stats.truncated_fraction)
-        m.STEP_DURATION.observe(duration_s)
+            m.behaviour_gap.set(stats.behaviour_gap)
+            m.truncated_fraction.set(stats.truncated_fraction)
+        m.step_duration.observe(duration_s)
         lag = self.reader.lag()
         if lag is not None:
-            m.CONSUMER_LAG.set(lag)
-        m.ITERATIONS.inc()
-        m.ROLLOUTS.inc(n_rollouts)
+            m.consumer_lag.set(lag)
+        m.iterations.inc()
+        m.rollouts.inc(n_rollouts)
         for reason, n in dropped.items():
-            m.ROLLOUTS_DROPPED.labels(reason).inc(n)
+            m.rollouts_dropped.labels(reason).inc(n)
 
     def run(self, stop: threading.Event | None = None) -> LearnerState:
         """Iterate until ``cfg.max_iterations`` (counted across restarts) or until ``stop`` (default: the

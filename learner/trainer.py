@@ -26,7 +26,6 @@ only. One process (``WORLD_SIZE`` unset) runs the same code with no collective.
 """
 
 import contextlib
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -63,13 +62,17 @@ class Experience:
 
 @dataclass
 class IterationStats:
-    """What one iteration measured (means over the batch or over its micro-batches).
+    """What one iteration measured (means over the batch or over its micro-batches); the learner exports
+    each as a gauge (learner/metrics.py names them and says how to read them).
 
     ``reward_mean``: mean raw reward-model score; ``kl``: mean per-response Σ_t KL(π_θk(·|s_t) ‖
     π_ref(·|s_t)) along the batch's responses, exact over the vocabulary, nats (what the KL controller
     steers); ``sampled_kl``: the same sum of the sampled tokens' log-ratios (the penalty's k1 estimator,
-    biased, even negative, on tokens another policy sampled). ``behaviour_gap``: mean per-token |log π_θk − log π_behaviour| over live responses (None without
-    any); ``truncated_fraction``: share of those tokens whose importance weight hit the cap.
+    biased, even negative, on tokens another policy sampled). ``behaviour_gap``: mean per-token
+    |log π_θk − log π_behaviour| over live responses (None without any); ``truncated_fraction``: share of
+    those tokens whose importance weight hit the cap. ``ratio_mean``, ``clip_fraction``,
+    ``value_clip_fraction``, ``approx_kl``: per-token means over the update's micro-batches; ``grad_norm``:
+    mean global gradient norm before clipping, over its optimizer steps.
     """
 
     reward_mean: float
@@ -88,7 +91,6 @@ class IterationStats:
     grad_norm: float
     behaviour_gap: float | None
     truncated_fraction: float | None
-    duration_s: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -256,7 +258,6 @@ class PPOTrainer:
         self, rollouts: list[Rollout], scores: list[float], reward_model_version: int, iteration: int
     ) -> IterationStats:
         """PPO iteration number ``iteration`` (steps 1–6) on rollouts scored by ``reward_model_version``."""
-        start = time.monotonic()
         raw = torch.tensor(scores, dtype=torch.float32)
         normalized = self.normalizer(raw, reward_model_version).to(self.device)
         exp, info = self.make_experience(rollouts, normalized)
@@ -267,7 +268,6 @@ class PPOTrainer:
             reward_mean=float(raw.mean()),
             reward_model_version=reward_model_version,
             kl_coef=kl_coef,
-            duration_s=time.monotonic() - start,
             **info,
             **stats,
         )

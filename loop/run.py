@@ -166,7 +166,7 @@ async def drive(args: argparse.Namespace, services: list[Service], users: Simula
             try:
                 await asyncio.wait_for(stop.wait(), timeout=args.progress_every)
             except TimeoutError:
-                served = scrape(serving.url).get("rlhf_policy_version")
+                served = scrape(serving.url).get("rlhf_serving_policy_version")
                 console.print(progress_table(time.monotonic() - started, users.stats, scrape(learner.url), served,
                                              services_line(services)))
 

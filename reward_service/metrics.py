@@ -1,7 +1,8 @@
-"""Prometheus metrics of the reward service, named and documented once (see reward_service/README.md).
+"""Prometheus metrics of the reward service (prefix ``rlhf_reward_``), named and documented once (see
+reward_service/README.md).
 
-Each service instance has its own registry, so several apps can live in one process (tests) without
-clashing, and ``/metrics`` exposes exactly this service's series.
+One :class:`RewardMetrics` per service instance (proto/metrics.py), passed to the scorer and the stream
+worker; ``/metrics`` exposes its registry only.
 """
 
 import time
@@ -9,7 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proto.metrics import ServiceMetrics
 
 STAGES = ("ingest", "train", "evaluate", "checkpoint", "score")
 VOTE_SETS = ("received", "trained", "heldout")  # the sets of votes whose identities are counted
@@ -24,124 +26,87 @@ def cpu_clock() -> Callable[[], float]:
     return time.thread_time if torch.get_num_threads() == 1 else time.process_time
 
 
-class RewardMetrics:
-    """The service's metrics; every attribute is one Prometheus family."""
+class RewardMetrics(ServiceMetrics):
+    """The service's metrics; every attribute below ``registry`` is one Prometheus family."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.score = Histogram(
-            "rlhf_reward_score",
-            "Reward-model scores given (logit of P(thumbs up))",
-            ["source"],
-            buckets=REWARD_BUCKETS,
-            registry=r,
+        super().__init__("reward")
+        self.score = self.histogram(
+            "score", "Reward-model scores given (logit of P(thumbs up))", REWARD_BUCKETS, ["source"]
         )
-        self.scoring_latency = Histogram(
-            "rlhf_reward_scoring_latency_seconds",
-            "Time to score one batch, seconds",
-            ["source"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.scoring_latency = self.histogram(
+            "scoring_latency_seconds", "Time to score one batch, seconds", LATENCY_BUCKETS, ["source"]
         )
-        self.model_version = Gauge(
-            "rlhf_reward_model_version", "Reward-model version the scorer serves", registry=r
+        self.model_version = self.gauge("model_version", "Reward-model version the scorer serves")
+        self.heldout_accuracy = self.gauge(
+            "heldout_accuracy", "Accuracy of sign(reward) on held-out votes, latest checkpoint"
         )
-        self.heldout_accuracy = Gauge(
-            "rlhf_reward_heldout_accuracy",
-            "Accuracy of sign(reward) on held-out votes, latest checkpoint",
-            registry=r,
-        )
-        self.heldout_auc = Gauge(
-            "rlhf_reward_heldout_auc", "ROC AUC on held-out votes, latest checkpoint", registry=r
-        )
-        self.heldout_balanced_accuracy = Gauge(
-            "rlhf_reward_heldout_balanced_accuracy",
+        self.heldout_auc = self.gauge("heldout_auc", "ROC AUC on held-out votes, latest checkpoint")
+        self.heldout_balanced_accuracy = self.gauge(
+            "heldout_balanced_accuracy",
             "Mean of up- and down-recall of sign(reward) on held-out votes, latest checkpoint (0.5: chance)",
-            registry=r,
         )
-        self.heldout_votes = Gauge(
-            "rlhf_reward_heldout_votes", "Held-out votes the last evaluation used", registry=r
-        )
+        self.heldout_votes = self.gauge("heldout_votes", "Held-out votes the last evaluation used")
         # Not measured until the first evaluation: NaN, not a misleading 0.
         self.heldout_accuracy.set(float("nan"))
         self.heldout_auc.set(float("nan"))
         self.heldout_balanced_accuracy.set(float("nan"))
-        self.vote_lag = Gauge(
-            "rlhf_reward_vote_lag_seconds",
+        self.vote_lag = self.gauge(
+            "vote_lag_seconds",
             "Age of the oldest joined, trainable vote not yet trained (since it was cast), s; 0 when none",
-            registry=r,
         )
-        self.votes_untrained = Gauge(
-            "rlhf_reward_votes_untrained", "Joined, trainable votes not yet trained", registry=r
-        )
-        self.stage_cpu = Counter(
-            "rlhf_reward_stage_cpu_seconds",
+        self.votes_untrained = self.gauge("votes_untrained", "Joined, trainable votes not yet trained")
+        self.stage_cpu = self.counter(
+            "stage_cpu_seconds",
             "CPU seconds spent in each stage: ingest (poll + store), train, evaluate, checkpoint (save,"
             " prune, reload, commit), score (POST /v1/score)",
             ["stage"],
-            registry=r,
         )
         for stage in STAGES:
             self.stage_cpu.labels(stage)
-        self.examples_seen = Gauge(
-            "rlhf_reward_training_examples_seen",
+        self.examples_seen = self.gauge(
+            "training_examples_seen",
             "Training examples in the current model's lineage (kind: pointwise votes, pairwise pairs)",
             ["kind"],
-            registry=r,
         )
-        self.loss = Gauge(
-            "rlhf_reward_training_loss", "Loss of the last training step, nats", ["kind"], registry=r
+        self.loss = self.gauge("training_loss", "Loss of the last training step, nats", ["kind"])
+        self.pending_joins = self.gauge("pending_joins", "Votes waiting for their interaction")
+        self.events = self.counter("events_consumed", "Kafka records consumed", ["topic"])
+        self.malformed = self.counter(
+            "malformed_events", "Records skipped as malformed (reason: decode, invalid)", ["topic", "reason"]
         )
-        self.pending_joins = Gauge(
-            "rlhf_reward_pending_joins", "Votes waiting for their interaction", registry=r
-        )
-        self.events = Counter("rlhf_reward_events_consumed", "Kafka records consumed", ["topic"], registry=r)
-        self.malformed = Counter(
-            "rlhf_reward_malformed_events",
-            "Records skipped as malformed (reason: decode, invalid)",
-            ["topic", "reason"],
-            registry=r,
-        )
-        self.unknown_response_ids = Counter(
-            "rlhf_reward_unknown_response_ids",
+        self.unknown_response_ids = self.counter(
+            "unknown_response_ids",
             "Votes dropped because their response id never joined an interaction (reason: expired, evicted)",
             ["reason"],
-            registry=r,
         )
-        self.too_long = Counter(
-            "rlhf_reward_too_long_interactions",
-            "Interactions longer than the context: not trained",
-            registry=r,
+        self.too_long = self.counter(
+            "too_long_interactions", "Interactions longer than the context: not trained"
         )
-        self.identities = Gauge(
-            "rlhf_reward_identities",
+        self.identities = self.gauge(
+            "identities",
             "Distinct identities (Feedback.user_id) among the votes of a set: received (the latest"
             " identity_window_votes), trained (the latest identity_window_votes trained), heldout (the last"
             " evaluation set)",
             ["set"],
-            registry=r,
         )
-        self.identity_top_share = Gauge(
-            "rlhf_reward_identity_top_share",
+        self.identity_top_share = self.gauge(
+            "identity_top_share",
             "Largest share of one identity's votes in the set (see rlhf_reward_identities); NaN when empty",
             ["set"],
-            registry=r,
         )
         for name in VOTE_SETS:
             self.identities.labels(name)
             self.identity_top_share.labels(name).set(float("nan"))
-        self.votes_over_cap = Gauge(
-            "rlhf_reward_votes_over_cap",
+        self.votes_over_cap = self.gauge(
+            "votes_over_cap",
             "Votes over their identity's cap (kept, not trained nor evaluated) among the latest"
             " identity_window_votes received",
-            registry=r,
         )
-        self.checkpoint_seconds = Histogram(
-            "rlhf_reward_checkpoint_duration_seconds",
+        self.checkpoint_seconds = self.histogram(
+            "checkpoint_duration_seconds",
             "Time to evaluate and save one checkpoint, seconds",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
 
     @contextmanager

@@ -9,16 +9,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proto.settings import KafkaSettings
-from serving import admin, errors, metrics, ui
+from serving import admin, errors, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
 from serving.chat import Caller, ChatService
 from serving.engine import PolicyEngine
 from serving.event_log import EventLog
 from serving.feedback import FeedbackService
 from serving.limits import RateLimiter, StreamSlots, retry_after
+from serving.metrics import ServingMetrics
 from serving.policy_follower import PolicyFollower
 from serving.protocol import (
     ChatCompletionRequest,
@@ -36,11 +37,11 @@ class MetricsMiddleware:
     """Counts requests and times them to the last body byte (so streams are timed whole), per route.
 
     A request whose handler raised counts as status 500; a stream the client left before its end as 499
-    (the client closed the request), so error-rate alerts see both.
+    (the client closed the request), so error-rate alerts see both. Counted in ``metrics``.
     """
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, metrics: ServingMetrics):
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -53,8 +54,8 @@ class MetricsMiddleware:
             nonlocal recorded
             recorded = True
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            metrics.REQUESTS.labels(endpoint=endpoint, status=str(code)).inc()
-            metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(time.monotonic() - started)
+            self.metrics.requests.labels(endpoint=endpoint, status=str(code)).inc()
+            self.metrics.request_latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
 
         async def timed_send(message):
             nonlocal status
@@ -236,31 +237,35 @@ async def readyz(state: State) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["ops"])
-async def prometheus_metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def prometheus_metrics(state: State) -> Response:
+    """Prometheus exposition of this app's metrics (serving/metrics.py)."""
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = None) -> FastAPI:
     """The serving application. The engine starts in the lifespan (≈ 20-30 s on CPU)."""
     settings = settings or Settings()
     kafka = kafka or KafkaSettings()
+    metrics = ServingMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
         state.settings = settings
+        state.metrics = metrics
         state.started_at = int(time.time())
-        state.event_log = EventLog(kafka, settings.data_dir / "spool")
+        state.event_log = EventLog(kafka, settings.data_dir / "spool", metrics)
         state.event_log.start()
         signer = Signer(load_secret(settings.secret, settings.state_dir / "serving" / "secret"))
         state.auth = Authenticator(settings, signer)
         state.chat_limiter = RateLimiter(settings.chat_per_minute)
         state.stream_slots = StreamSlots(settings.max_streams_per_user)
-        state.feedback = FeedbackService(signer, state.event_log, RateLimiter(settings.feedback_per_minute))
-        state.engine = PolicyEngine(settings)
+        state.feedback = FeedbackService(signer, state.event_log, RateLimiter(settings.feedback_per_minute),
+                                         metrics)
+        state.engine = PolicyEngine(settings, metrics)
         await state.engine.start()
         state.chat = ChatService(state.engine, state.event_log, signer, settings.feedback_token_ttl_s,
-                                 settings.served_model_name)
+                                 settings.served_model_name, metrics)
         state.follower = PolicyFollower(kafka, state.engine, settings.model_path, asyncio.get_running_loop())
         state.follower.start()
         try:
@@ -278,5 +283,5 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
                        timeout_s=settings.request_body_timeout_s)
     app.add_middleware(IdentityCookieMiddleware)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

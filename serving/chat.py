@@ -18,10 +18,10 @@ from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import StructuredOutputsParams
 
 from proto import events_pb2, topics, wire
-from serving import metrics
 from serving.engine import Delta, GenerationCut, PolicyEngine, RequestRejected, TokenLogprobs
 from serving.errors import APIError, error_body
 from serving.event_log import EventLog
+from serving.metrics import ServingMetrics
 from serving.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -87,9 +87,6 @@ class _Response:
     first_token_seen: bool = False
 
     def add(self, delta: Delta) -> _Choice:
-        if delta.token_ids and not self.first_token_seen:
-            self.first_token_seen = True
-            metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.started)
         choice = self.choices[delta.index]
         choice.add(delta)
         return choice
@@ -145,15 +142,24 @@ class ChatService:
         signer: signs each choice's feedback token (the caller's permission to vote on it).
         token_ttl_s: how long a feedback token stays valid (s).
         model_name: the served model name clients must ask for.
+        metrics: where tokens and the time to first token are counted.
     """
 
     def __init__(self, engine: PolicyEngine, event_log: EventLog, signer: Signer, token_ttl_s: float,
-                 model_name: str):
+                 model_name: str, metrics: ServingMetrics):
         self.engine = engine
+        self.metrics = metrics
         self.event_log = event_log
         self.signer = signer
         self.token_ttl_s = token_ttl_s
         self.model_name = model_name
+
+    def _add(self, resp: "_Response", delta: Delta) -> None:
+        """``delta`` into ``resp``; its first token is the request's time to first token."""
+        if delta.token_ids and not resp.first_token_seen:
+            resp.first_token_seen = True
+            self.metrics.time_to_first_token.observe(time.monotonic() - resp.started)
+        resp.add(delta)
 
     def feedback_token(self, resp: "_Response", choice: "_Choice", caller: Caller) -> str:
         """The token that lets ``caller`` vote on ``choice``."""
@@ -220,7 +226,7 @@ class ChatService:
             end_user_id=req.end_user_id,
         )
         self.event_log.publish(topics.INTERACTIONS, event)
-        metrics.GENERATED_TOKENS.labels(policy_version=str(resp.version)).inc(len(choice.token_ids))
+        self.metrics.generated_tokens.labels(policy_version=str(resp.version)).inc(len(choice.token_ids))
 
     def record_all(self, req: ChatCompletionRequest, resp: _Response, caller: Caller, *, partial: bool = False):
         """Record every choice (with ``partial``, only those that generated something). Raises ``OSError``."""
@@ -228,14 +234,14 @@ class ChatService:
         for choice in recorded:
             self.record(req, resp, choice, caller)
         if recorded:
-            metrics.PROMPT_TOKENS.inc(len(resp.prompt_ids))
+            self.metrics.prompt_tokens.inc(len(resp.prompt_ids))
 
     async def complete(self, req: ChatCompletionRequest, caller: Caller, started: float) -> ChatCompletionResponse:
         """Generate every choice whole, record them, return them. Raises :class:`APIError` 503 if not recorded."""
         resp, deltas = await self.start(req, caller, started)
         try:
             async for delta in deltas:
-                resp.add(delta)
+                self._add(resp, delta)
         except GenerationCut as exc:
             self._record_partial(req, resp, caller)
             raise APIError(503, self._cut_message(), "server_error", code="policy_swap") from exc
@@ -281,7 +287,7 @@ class ChatService:
                                          response_id=c.response_id,
                                          feedback_token=self.feedback_token(resp, c, caller))])
             async for delta in deltas:
-                resp.add(delta)
+                self._add(resp, delta)
                 # A step may generate tokens but no text yet (held back: a possible stop string or part of a
                 # multi-byte character); their log-probs still go out with it, as vLLM's own server does.
                 if delta.text or delta.finish_reason or (req.logprobs and delta.token_ids):

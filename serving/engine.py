@@ -32,7 +32,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from serving import metrics
+from serving.metrics import ServingMetrics
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,12 @@ class PolicyEngine:
 
     Args:
         settings: serving settings (model path, dtype, context length, KV cache size).
+        metrics: where the served version, swaps and generation timeouts are recorded.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: ServingMetrics):
         self.settings = settings
+        self.metrics = metrics
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
         # GPT-2-style byte-level BPE writes each byte as one printable character; this maps them back.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -130,7 +132,7 @@ class PolicyEngine:
             worker_extension_cls="serving.worker_extension.PolicySwapExtension",
         )
         self.engine = AsyncLLM.from_engine_args(args)
-        metrics.track_version(self.version)
+        self.metrics.track_version(self.version)
 
     def shutdown(self) -> None:
         """Stop the engine processes."""
@@ -229,7 +231,7 @@ class PolicyEngine:
                     async with asyncio.timeout(deadline - time.monotonic()):
                         out = await anext(outputs, None)
                 except TimeoutError:
-                    metrics.GENERATION_TIMEOUTS.inc()
+                    self.metrics.generation_timeouts.inc()
                     log.warning("request %s: generation stopped after %.0f s (max_generation_s)",
                                 flight.request_id, self.settings.max_generation_s)
                     for index in sorted(set(range(params.n)) - finished):
@@ -267,13 +269,13 @@ class PolicyEngine:
                     raise
                 finally:
                     await self.engine.reset_prefix_cache()
-                metrics.SWAP_DURATION.observe(time.monotonic() - started)
+                self.metrics.swap_duration.observe(time.monotonic() - started)
                 self.version, self.checkpoint_path = version, Path(weights_path)
-                metrics.track_version(version)
+                self.metrics.track_version(version)
             finally:
                 self._admitting.set()
                 pause = time.monotonic() - paused_at
-                metrics.GENERATION_PAUSE.observe(pause)
+                self.metrics.generation_pause.observe(pause)
         return pause
 
     async def _drain(self) -> None:
@@ -292,7 +294,7 @@ class PolicyEngine:
             self._flights.clear()
         for flight in stragglers:
             flight.cut = True
-        metrics.SWAP_CUT_REQUESTS.inc(len(stragglers))
+        self.metrics.swap_cut_requests.inc(len(stragglers))
         log.warning("swap: %d requests still in flight after %.0f s (swap_drain_timeout_s) are cut",
                     len(stragglers), self.settings.swap_drain_timeout_s)
         await self.engine.abort([f.request_id for f in stragglers])

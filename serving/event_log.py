@@ -18,7 +18,7 @@ from kafka.errors import KafkaError
 from proto import wire
 from proto.events_pb2 import SpooledRecord
 from proto.settings import KafkaSettings
-from serving import metrics
+from serving.metrics import ServingMetrics
 from serving.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,12 @@ class EventLog:
     Args:
         kafka: broker address and topic names.
         spool_dir: directory of the on-disk spool.
+        metrics: where the spool depth, deliveries and produce errors are recorded.
     """
 
-    def __init__(self, kafka: KafkaSettings, spool_dir: Path):
+    def __init__(self, kafka: KafkaSettings, spool_dir: Path, metrics: ServingMetrics):
         self._kafka = kafka
+        self._metrics = metrics
         self._spool = Spool(spool_dir)
         self._producer: KafkaProducer | None = None
         self._wake = threading.Event()
@@ -47,7 +49,7 @@ class EventLog:
         self._thread = threading.Thread(target=self._run, name="event-log-sender", daemon=True)
         # monotonic time since which the oldest undelivered event has waited without progress, or None
         self._pending_since: float | None = time.monotonic() if self._spool.depth else None
-        metrics.SPOOL_DEPTH.set(self._spool.depth)
+        self._metrics.spool_depth.set(self._spool.depth)
 
     def start(self) -> None:
         """Start the sender thread (it first replays whatever an earlier run left in the spool)."""
@@ -79,7 +81,7 @@ class EventLog:
         self._spool.append(record)
         if self._pending_since is None:
             self._pending_since = time.monotonic()
-        metrics.SPOOL_DEPTH.set(self._spool.depth)
+        self._metrics.spool_depth.set(self._spool.depth)
         self._wake.set()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -119,8 +121,8 @@ class EventLog:
         self._spool.ack(end, len(records))
         self._pending_since = time.monotonic() if self._spool.depth else None
         for record in records:
-            metrics.EVENTS_DELIVERED.labels(topic=record.topic).inc()
-        metrics.SPOOL_DEPTH.set(self._spool.depth)
+            self._metrics.events_delivered.labels(topic=record.topic).inc()
+        self._metrics.spool_depth.set(self._spool.depth)
         return len(records)
 
     def _run(self) -> None:
@@ -134,7 +136,7 @@ class EventLog:
                 failures = 0
             except (KafkaError, OSError) as exc:
                 self._delivering.clear()
-                metrics.PRODUCE_ERRORS.inc()
+                self._metrics.produce_errors.inc()
                 failures += 1
                 delay = min(MAX_BACKOFF_S, 0.2 * 2**failures)
                 log.warning("kafka delivery failed (%r); %d events spooled; retrying in %.1fs",

@@ -8,11 +8,11 @@ another one served, with no shared index.
 import uuid
 
 from proto import events_pb2, topics, wire
-from serving import metrics
 from serving.auth import Identity
 from serving.errors import APIError
 from serving.event_log import EventLog
 from serving.limits import RateLimiter, retry_after
+from serving.metrics import ServingMetrics
 from serving.protocol import FeedbackRequest, FeedbackResponse
 from serving.signing import ExpiredToken, FeedbackGrant, InvalidToken, Signer
 
@@ -26,10 +26,11 @@ class FeedbackService:
         signer: checks feedback tokens.
         event_log: where Feedback events go (durable on return of ``publish``).
         limiter: votes per identity per minute.
+        metrics: where accepted votes are counted.
     """
 
-    def __init__(self, signer: Signer, event_log: EventLog, limiter: RateLimiter):
-        self.signer, self.event_log, self.limiter = signer, event_log, limiter
+    def __init__(self, signer: Signer, event_log: EventLog, limiter: RateLimiter, metrics: ServingMetrics):
+        self.signer, self.event_log, self.limiter, self.metrics = signer, event_log, limiter, metrics
 
     def grant(self, req: FeedbackRequest, caller: Identity) -> FeedbackGrant:
         """The verified permission for ``caller`` to vote on ``req.response_id``.
@@ -83,6 +84,6 @@ class FeedbackService:
             self.event_log.publish(topics.FEEDBACK, event)
         except OSError as exc:
             raise APIError(503, f"The vote could not be recorded ({exc}); please retry.", "server_error") from exc
-        metrics.FEEDBACK.labels(rating=req.rating, policy_version=str(grant.policy_version)).inc()
+        self.metrics.feedback.labels(rating=req.rating, policy_version=str(grant.policy_version)).inc()
         return FeedbackResponse(feedback_id=feedback_id, response_id=req.response_id, rating=req.rating,
                                 policy_version=grant.policy_version)

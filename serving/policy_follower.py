@@ -19,7 +19,6 @@ from proto import topics, wire
 from proto.policy_log import PolicyLog
 from proto.policy_store import local_dir, weights_sha256
 from proto.settings import KafkaSettings
-from serving import metrics
 from serving.engine import PolicyEngine
 
 log = logging.getLogger(__name__)
@@ -119,5 +118,5 @@ class PolicyFollower:
 
     def _fail(self, version: int, reason: str) -> None:
         log.error("not serving policy v%d: %s", version, reason)
-        metrics.SWAP_FAILURES.inc()
+        self._engine.metrics.swap_failures.inc()
         self._failed.add(version)

@@ -54,7 +54,9 @@ LEARNER_SERIES = ("rlhf_learner_kl_to_reference", "rlhf_learner_kl_coef", "rlhf_
                   "rlhf_learner_reward_model_accuracy", "rlhf_learner_waiting_for_reward_model")
 REWARD_SERIES = ("rlhf_reward_vote_lag_seconds", "rlhf_reward_votes_untrained", "rlhf_reward_heldout_accuracy",
                  "rlhf_reward_model_version")
-SERVING_SERIES = ("rlhf_spool_depth", "rlhf_produce_errors_total", "rlhf_policy_version")
+SERVING_SERIES = (
+    "rlhf_serving_spool_depth", "rlhf_serving_produce_errors_total", "rlhf_serving_policy_version"
+)
 VOTE_LAG_TARGET_S = 60.0
 
 
@@ -219,7 +221,7 @@ def print_tables(console: Console, result: dict) -> None:
             "β": "rlhf_learner_kl_coef", "reward mean": "rlhf_learner_reward_mean",
             "published": "rlhf_learner_versions_published_total", "rejected": "rlhf_learner_versions_rejected_total",
             "vote lag (s)": "rlhf_reward_vote_lag_seconds", "untrained votes": "rlhf_reward_votes_untrained",
-            "served": "rlhf_policy_version"}
+            "served": "rlhf_serving_policy_version"}
     over_time.add_column("t (s)", justify="right")
     for col in cols:
         over_time.add_column(col, justify="right")
@@ -358,7 +360,8 @@ def main() -> None:
         "reward_training_examples": {n + json.dumps(l, sort_keys=True): v for n, l, v in reward_m
                                      if n.startswith("rlhf_reward_training_ex")},
         "vote_lag_max_s": most("rlhf_reward_vote_lag_seconds"), "vote_lag_target_s": VOTE_LAG_TARGET_S,
-        "spool_depth_max": most("rlhf_spool_depth"), "produce_errors": most("rlhf_produce_errors_total"),
+        "spool_depth_max": most("rlhf_serving_spool_depth"),
+        "produce_errors": most("rlhf_serving_produce_errors_total"),
         "learner_last_line": (own or lines or [None])[-1],
     }
     result["stages"] = stage_breakdown(result["cpu_s"], result["learner_stage_cpu_s"], result["reward_stage_cpu_s"],

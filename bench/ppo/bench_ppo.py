@@ -66,8 +66,8 @@ return of the one that consumed the last event (model loading and the start-up g
 reported as ``startup``); for TRL from ``on_train_begin`` to the last ``on_step_end``. Over it:
 ``getrusage(RUSAGE_SELF)`` user+system CPU of the subprocess (all its threads: torch's, Kafka's, HTTP),
 wall time, responses trained per CPU-second and per wall-second. Per-stage CPU (process CPU, all threads):
-for ``new`` from its own ``rlhf_learner_stage_cpu_seconds_total{stage}`` counters (prometheus_client's
-REGISTRY, read in-process); for ``old``, which has no such counters, from the bench wrapping the same
+for ``new`` from its own ``rlhf_learner_stage_cpu_seconds_total{stage}`` counters (the learner's
+registry, read in-process); for ``old``, which has no such counters, from the bench wrapping the same
 calls (``reader.next_batch``, ``_rollouts``, ``reward.score``, ``trainer.step``, ``gates.evaluate``,
 ``checkpoint.save`` + ``reader.commit``, ``publish``) with ``time.process_time``, outermost call only; the
 bench also splits ``trainer.step`` into ``make_experience`` and ``ppo_epochs`` (``trainer.update``) on
@@ -449,10 +449,9 @@ def run_learner(spec: dict) -> dict:
         def counters() -> dict[str, float]:
             if old:
                 return {}
-            from prometheus_client import REGISTRY
-
+            registry = lrn.metrics.registry
             return {
-                s: REGISTRY.get_sample_value("rlhf_learner_stage_cpu_seconds_total", {"stage": s}) or 0.0
+                s: registry.get_sample_value("rlhf_learner_stage_cpu_seconds_total", {"stage": s}) or 0.0
                 for s in STAGES
             }
 

@@ -4,9 +4,9 @@ side by side with the alternative, restarting serving on the new weights.
 Starts serving (its own topics on the running broker), keeps ``--clients`` streaming chat clients busy,
 and publishes ``--swaps`` policy versions (alternating between the bundled model and a perturbed copy) on
 the policy topic. For each swap it reports serving's own generation pause and load time
-(``rlhf_generation_pause_seconds``, ``rlhf_swap_duration_seconds``); over the run, failed requests.
-Then, as the peer, it restarts serving once on other weights under the same load and reports the time
-the API was down and the requests that failed. Prints a table; writes ``bench/results/swap-<time>.json``.
+(``rlhf_serving_generation_pause_seconds``, ``rlhf_serving_swap_duration_seconds``); over the run, failed
+requests. Then, as the peer, it restarts serving once on other weights under the same load and reports the
+time the API was down and the requests that failed. Prints a table; writes ``bench/results/swap-<time>.json``.
 
     .state/venv/bin/python -m bench.swap.run [--swaps 4] [--clients 4]
 """
@@ -114,13 +114,13 @@ def main() -> None:
                 record = PolicyVersion(version=version, parent=version - 1, checkpoint_uri=path.resolve().as_uri(),
                                        weights_sha256=weights_sha256(path), created_at=wire.now(),
                                        status=PolicyStatus.POLICY_STATUS_PROMOTED)
-                pause0, load0 = histogram(serving.url, "rlhf_generation_pause_seconds"), histogram(
-                    serving.url, "rlhf_swap_duration_seconds")
+                pause0, load0 = histogram(serving.url, "rlhf_serving_generation_pause_seconds"), histogram(
+                    serving.url, "rlhf_serving_swap_duration_seconds")
                 producer.send(kafka.topic(topics.POLICY), key=wire.key_of(record), value=wire.encode(record)).get(30)
                 while httpx.get(f"{serving.url}/v1/models").json()["data"][0]["policy_version"] != version:
                     time.sleep(0.2)
-                pause1, load1 = histogram(serving.url, "rlhf_generation_pause_seconds"), histogram(
-                    serving.url, "rlhf_swap_duration_seconds")
+                pause1, load1 = histogram(serving.url, "rlhf_serving_generation_pause_seconds"), histogram(
+                    serving.url, "rlhf_serving_swap_duration_seconds")
                 swaps.append({"version": version, "pause_s": pause1[0] - pause0[0], "load_s": load1[0] - load0[0]})
                 time.sleep(5)
             swap_ok, swap_failed = load.ok, load.failed

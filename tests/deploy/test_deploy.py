@@ -1,8 +1,9 @@
 """Checks of deploy/: Prometheus config and alerts, the Grafana dashboard, the Kubernetes manifests.
 
 (a) Every PromQL expression in the dashboard and the alert rules names only ``rlhf_*`` series that the
-    services really export: the names come from prometheus_client's registries after importing
-    serving.metrics, learner.metrics and reward_service.metrics, so a renamed or removed metric fails here.
+    services really export: the names come from the registries of serving.metrics, learner.metrics and
+    reward_service.metrics, so a renamed or removed metric fails here; each service's families are named
+    ``rlhf_<service>_*``.
 (b) ``promtool check config``, ``promtool check rules`` and ``promtool test rules`` pass, and every dashboard
     query parses as PromQL (promtool checks it as a recording rule).
 (c) The Kubernetes YAML parses; every workload has probes and resource limits; serving's spool is on a
@@ -22,13 +23,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
+
+from proto.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 K8S = ROOT / "deploy" / "k8s"
-METRICS_MODULES = ("serving.metrics", "learner.metrics", "reward_service.metrics")
+# Each service's metrics module, and the prefix of its families.
+METRICS_MODULES = {"serving.metrics": "rlhf_serving_", "learner.metrics": "rlhf_learner_",
+                   "reward_service.metrics": "rlhf_reward_"}
 JOBS = {"serving", "reward", "learner"}
 
 # Series names each metric type exposes, from its family name (prometheus_client's text exposition).
@@ -47,25 +52,14 @@ SUFFIXES = {
 GRAFANA_VARS = re.compile(r"\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}")
 
 
-def _registries() -> list[CollectorRegistry]:
-    """The default registry plus any per-instance registry a metrics module's classes create.
-
-    serving and the learner register module-level metrics in ``REGISTRY``; the reward service gives each
-    instance of ``RewardMetrics`` its own ``CollectorRegistry``. Classes constructible without arguments
-    whose instances hold a registry are instantiated, so either style (and a switch between them) works.
-    """
-    registries = [REGISTRY]
+def _registries() -> dict[str, CollectorRegistry]:
+    """The registry of each metrics module's :class:`ServiceMetrics` (one per instance), by module name."""
+    registries = {}
     for name in METRICS_MODULES:
         module = importlib.import_module(name)
-        for attr in vars(module).values():
-            if isinstance(attr, CollectorRegistry) and attr is not REGISTRY:
-                registries.append(attr)
-            if inspect.isclass(attr) and attr.__module__ == module.__name__:
-                try:
-                    instance = attr()
-                except TypeError:
-                    continue
-                registries += [v for v in vars(instance).values() if isinstance(v, CollectorRegistry)]
+        (cls,) = [attr for attr in vars(module).values() if inspect.isclass(attr)
+                  and issubclass(attr, ServiceMetrics) and attr.__module__ == module.__name__]
+        registries[name] = cls().registry
     return registries
 
 
@@ -73,7 +67,7 @@ def _registries() -> list[CollectorRegistry]:
 def exported() -> dict[str, str]:
     """Every ``rlhf_*`` series name the services expose, mapped to its family's type."""
     names: dict[str, str] = {}
-    for registry in _registries():
+    for registry in _registries().values():
         for family in registry.collect():
             if not family.name.startswith("rlhf_"):
                 continue
@@ -154,8 +148,14 @@ def run_promtool(*args: str, cwd: Path = PROMETHEUS) -> None:
 
 def test_services_export_metrics():
     names = exported()
-    for prefix in ("rlhf_requests_total", "rlhf_learner_", "rlhf_reward_"):
-        assert any(n.startswith(prefix) for n in names), f"no {prefix}* metric found in {METRICS_MODULES}"
+    for prefix in ("rlhf_serving_requests_total", "rlhf_learner_", "rlhf_reward_"):
+        assert any(n.startswith(prefix) for n in names), f"no {prefix}* metric in {list(METRICS_MODULES)}"
+
+
+def test_every_family_is_named_after_its_service():
+    for module, registry in _registries().items():
+        wrong = [f.name for f in registry.collect() if not f.name.startswith(METRICS_MODULES[module])]
+        assert not wrong, f"{module} exports {wrong}: its families are named {METRICS_MODULES[module]}*"
 
 
 def test_dashboard_queries_name_exported_metrics():
@@ -173,25 +173,27 @@ def test_alert_expressions_name_exported_metrics():
 
 
 def test_reference_parser_handles_suffixes_and_strings():
-    expr = ('sum by (le) (rate(rlhf_request_latency_seconds_bucket{endpoint="/rlhf_fake"}[5m])) '
-            "/ rlhf_learner_kl_coef and rlhf_feedback_total")
-    assert referenced(expr) == {"rlhf_request_latency_seconds_bucket", "rlhf_learner_kl_coef",
-                                "rlhf_feedback_total"}
+    expr = ('sum by (le) (rate(rlhf_serving_request_latency_seconds_bucket{endpoint="/rlhf_fake"}[5m])) '
+            "/ rlhf_learner_kl_coef and rlhf_serving_feedback_total")
+    assert referenced(expr) == {"rlhf_serving_request_latency_seconds_bucket", "rlhf_learner_kl_coef",
+                                "rlhf_serving_feedback_total"}
     names = exported()
-    assert "rlhf_request_latency_seconds_bucket" in names and "rlhf_request_latency_seconds" not in names
-    assert "rlhf_spool_depth" in names and "rlhf_spool_depth_total" not in names
+    assert "rlhf_serving_request_latency_seconds_bucket" in names
+    assert "rlhf_serving_request_latency_seconds" not in names
+    assert "rlhf_serving_spool_depth" in names and "rlhf_serving_spool_depth_total" not in names
     assert "rlhf_learner_versions_published_total" in names  # Counter("..._published") exposes _total
-    assert "is a histogram" in _explain("rlhf_request_latency_seconds_total")
+    assert "is a histogram" in _explain("rlhf_serving_request_latency_seconds_total")
 
 
 def test_dashboard_covers_the_loop():
     used = {n for _, expr in dashboard_exprs() for n in referenced(expr)}
     wanted = {
         "rlhf_learner_reward_mean", "rlhf_reward_score_bucket", "rlhf_learner_kl_to_reference",
-        "rlhf_learner_kl_coef", "rlhf_feedback_total", "rlhf_policy_version",
-        "rlhf_swap_duration_seconds_count", "rlhf_generation_pause_seconds_bucket",
-        "rlhf_request_latency_seconds_bucket", "rlhf_time_to_first_token_seconds_bucket", "rlhf_spool_depth",
-        "rlhf_produce_errors_total", "rlhf_reward_heldout_accuracy", "rlhf_reward_heldout_auc",
+        "rlhf_learner_kl_coef", "rlhf_serving_feedback_total", "rlhf_serving_policy_version",
+        "rlhf_serving_swap_duration_seconds_count", "rlhf_serving_generation_pause_seconds_bucket",
+        "rlhf_serving_request_latency_seconds_bucket", "rlhf_serving_time_to_first_token_seconds_bucket",
+        "rlhf_serving_spool_depth",
+        "rlhf_serving_produce_errors_total", "rlhf_reward_heldout_accuracy", "rlhf_reward_heldout_auc",
         "rlhf_learner_policy_loss", "rlhf_learner_value_loss", "rlhf_learner_entropy",
         "rlhf_learner_clip_fraction", "rlhf_learner_approx_kl", "rlhf_learner_explained_variance",
         "rlhf_learner_consumer_lag", "rlhf_learner_versions_published_total",

@@ -161,8 +161,9 @@ def test_models_health_and_metrics(client, server):
     ready = httpx.get(server.url + "/readyz").json()
     assert ready["ready"] and ready["checks"] == {"engine": True, "kafka": True, "policy_synced": True}
     text = httpx.get(server.url + "/metrics").text
-    for name in ("rlhf_requests_total", "rlhf_request_latency_seconds_bucket", "rlhf_time_to_first_token_seconds",
-                 "rlhf_generated_tokens_total", "rlhf_feedback_total", "rlhf_policy_version", "rlhf_spool_depth",
-                 "rlhf_produce_errors_total"):
+    for name in ("rlhf_serving_requests_total", "rlhf_serving_request_latency_seconds_bucket",
+                 "rlhf_serving_time_to_first_token_seconds", "rlhf_serving_generated_tokens_total",
+                 "rlhf_serving_feedback_total", "rlhf_serving_policy_version", "rlhf_serving_spool_depth",
+                 "rlhf_serving_produce_errors_total"):
         assert name in text, name
-    assert 'rlhf_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
+    assert 'rlhf_serving_requests_total{endpoint="/v1/chat/completions",status="200"}' in text

@@ -11,6 +11,7 @@ import json
 from proto import topics
 from serving.chat import Caller, ChatService, _Choice, _Response
 from serving.engine import Delta
+from serving.metrics import ServingMetrics
 from serving.protocol import ChatCompletionRequest
 from serving.signing import Signer
 
@@ -32,7 +33,8 @@ async def failing_generation():
 def test_error_after_first_byte_is_an_error_frame_then_done():
     log = RecordingLog()
     signer = Signer(b"k" * 32)
-    chat = ChatService(engine=None, event_log=log, signer=signer, token_ttl_s=60, model_name="m")
+    chat = ChatService(engine=None, event_log=log, signer=signer, token_ttl_s=60, model_name="m",
+                       metrics=ServingMetrics())
     req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], stream=True, n=2)
     resp = _Response("chatcmpl-x", 3, [1, 2], 8, 0.0, [_Choice(0, "chatcmpl-x-0"), _Choice(1, "chatcmpl-x-1")])
 

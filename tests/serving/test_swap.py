@@ -95,7 +95,7 @@ def test_swap_rejects_rollback_and_pin(server, client, broker, writer, model_dir
     time.sleep(5)
     assert served_version(server) == 1
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert "rlhf_swap_failures_total 1.0" in metrics
+    assert "rlhf_serving_swap_failures_total 1.0" in metrics
 
     # Operators: rollback v1 → base model; pin needs auth; pin 0 holds against a newer promoted version.
     assert httpx.post(f"{server.url}/admin/rollback", json={"version": 1}).status_code == 401
