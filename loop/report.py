@@ -71,8 +71,8 @@ def tally_votes(feedback: Iterable[Feedback], since: float | None = None,
 
     ``feedback`` in topic order (a response's votes share its partition, so they arrive in the order they
     were cast). Votes cast outside [since, until) (Unix seconds) are ignored; of the rest, a user's latest
-    vote on a response replaces their earlier ones (a vote with ``replaces_feedback_id`` set, a re-delivered
-    duplicate and a flood alike count once).
+    vote on a response replaces their earlier ones (a changed mind, a re-delivered duplicate and a flood
+    alike count once).
     """
     latest: dict[tuple[str, str], Feedback] = {}
     for fb in feedback:

@@ -19,7 +19,6 @@ class Rating(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class PolicyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     POLICY_STATUS_UNSPECIFIED: _ClassVar[PolicyStatus]
-    POLICY_STATUS_CANDIDATE: _ClassVar[PolicyStatus]
     POLICY_STATUS_PROMOTED: _ClassVar[PolicyStatus]
     POLICY_STATUS_REJECTED: _ClassVar[PolicyStatus]
     POLICY_STATUS_ROLLED_BACK: _ClassVar[PolicyStatus]
@@ -29,7 +28,6 @@ RATING_UNSPECIFIED: Rating
 RATING_UP: Rating
 RATING_DOWN: Rating
 POLICY_STATUS_UNSPECIFIED: PolicyStatus
-POLICY_STATUS_CANDIDATE: PolicyStatus
 POLICY_STATUS_PROMOTED: PolicyStatus
 POLICY_STATUS_REJECTED: PolicyStatus
 POLICY_STATUS_ROLLED_BACK: PolicyStatus
@@ -116,7 +114,7 @@ class Interaction(_message.Message):
     def __init__(self, response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompt_messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., response_text: _Optional[str] = ..., response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., finish_reason: _Optional[str] = ..., request_id: _Optional[str] = ..., completion_id: _Optional[str] = ..., choice_index: _Optional[int] = ..., end_user_id: _Optional[str] = ...) -> None: ...
 
 class Feedback(_message.Message):
-    __slots__ = ("feedback_id", "response_id", "created_at", "user_id", "rating", "comment", "policy_version", "replaces_feedback_id")
+    __slots__ = ("feedback_id", "response_id", "created_at", "user_id", "rating", "comment", "policy_version")
     FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -124,7 +122,6 @@ class Feedback(_message.Message):
     RATING_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
-    REPLACES_FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
     feedback_id: str
     response_id: str
     created_at: _timestamp_pb2.Timestamp
@@ -132,22 +129,7 @@ class Feedback(_message.Message):
     rating: Rating
     comment: str
     policy_version: int
-    replaces_feedback_id: str
-    def __init__(self, feedback_id: _Optional[str] = ..., response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., rating: _Optional[_Union[Rating, str]] = ..., comment: _Optional[str] = ..., policy_version: _Optional[int] = ..., replaces_feedback_id: _Optional[str] = ...) -> None: ...
-
-class Reward(_message.Message):
-    __slots__ = ("response_id", "created_at", "policy_version", "score", "reward_model_version")
-    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
-    SCORE_FIELD_NUMBER: _ClassVar[int]
-    REWARD_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
-    response_id: str
-    created_at: _timestamp_pb2.Timestamp
-    policy_version: int
-    score: float
-    reward_model_version: int
-    def __init__(self, response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., score: _Optional[float] = ..., reward_model_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, feedback_id: _Optional[str] = ..., response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., rating: _Optional[_Union[Rating, str]] = ..., comment: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class PolicyVersion(_message.Message):
     __slots__ = ("version", "parent", "checkpoint_uri", "weights_sha256", "created_at", "kl_to_reference", "reward_mean", "status", "reason")

@@ -13,8 +13,8 @@ A user's later vote on the same response (the same user changed their mind) make
 *superseded*: it is never trained unless it already was, and the later vote is trained unless it only
 repeats an already-trained rating (nothing new to learn, and training it would count the same opinion
 twice). "Later" is by the time the user voted (``Feedback.created_at``), so it holds whatever order the
-votes arrive in and whichever serving replica took them; ``replaces_feedback_id`` (set when one replica
-saw both) links them too, and is what decides between votes without a user id or with equal times.
+votes arrive in and whichever serving replica took them. Votes without a user id may be anyone's: none
+supersedes another.
 
 Each vote is judged once, when it arrives, against the per-identity cap (:mod:`reward_service.identity`):
 a vote *over the cap* is kept (``over_cap`` = 1) but never trained, paired or evaluated.
@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS votes (
     response_id TEXT NOT NULL,
     user_id TEXT NOT NULL DEFAULT '',       -- who voted ('' unknown): one vote per user and response counts
     up INTEGER NOT NULL,                    -- 1 thumbs up, 0 thumbs down
-    replaces TEXT NOT NULL,                 -- feedback id this vote replaces, '' if none
     superseded INTEGER NOT NULL DEFAULT 0,  -- a later vote replaced this one
     dropped INTEGER NOT NULL DEFAULT 0,     -- its interaction never came (unknown response id)
     trained_version INTEGER,                -- first checkpoint version containing it; NULL: not trained
@@ -63,7 +62,6 @@ CREATE TABLE IF NOT EXISTS votes (
     over_cap INTEGER NOT NULL DEFAULT 0     -- its identity was over the per-identity cap: never used
 );
 CREATE INDEX IF NOT EXISTS votes_response ON votes (response_id);
-CREATE INDEX IF NOT EXISTS votes_replaces ON votes (replaces);
 CREATE INDEX IF NOT EXISTS votes_trained ON votes (trained_version);
 CREATE INDEX IF NOT EXISTS interactions_prompt ON interactions (prompt_key);
 """
@@ -85,11 +83,11 @@ _EARLIER_SAME_USER = (
 
 # A vote can be trained when it is joined (``i`` is its interaction), outside the held-out slice, not
 # superseded, within its identity's cap, not yet trained, and does not merely repeat the rating of an
-# already-trained vote it replaces.
+# already-trained earlier vote of the same user.
 TRAINABLE = """
     v.trained_version IS NULL AND i.heldout = 0 AND v.superseded = 0 AND v.dropped = 0 AND v.over_cap = 0
     AND NOT EXISTS (SELECT 1 FROM votes o
-                    WHERE (o.feedback_id = v.replaces OR (""" + _EARLIER_SAME_USER + """))
+                    WHERE """ + _EARLIER_SAME_USER + """
                     AND o.trained_version IS NOT NULL AND o.up = v.up)
 """
 EXAMPLE_COLUMNS = "v.feedback_id, v.response_id, i.prompt_key, i.response, v.up, i.finish_reason, v.user_id"
@@ -173,6 +171,7 @@ class JoinStore:
         Adds the columns of :data:`MIGRATIONS`; fills ``interactions.heldout`` from the prompt (the split used
         to be by response id, stored in ``votes.heldout``, which is dropped). Votes trained under the old
         split on prompts that are now held out are kept out of the evaluation set (see :meth:`heldout`).
+        Drops ``votes.replaces``, the link of a field serving no longer sends.
         """
         self.db.execute("BEGIN")  # DDL too: a crash half-way leaves the file as it was
         added = []
@@ -188,6 +187,9 @@ class JoinStore:
             )
         if "heldout" in self._columns("votes"):
             self.db.execute("ALTER TABLE votes DROP COLUMN heldout")
+        if "replaces" in self._columns("votes"):
+            self.db.execute("DROP INDEX IF EXISTS votes_replaces")
+            self.db.execute("ALTER TABLE votes DROP COLUMN replaces")
         # An index of the cap's first version (its window was the admitted votes only); unused since.
         self.db.execute("DROP INDEX IF EXISTS votes_admitted")
         self.db.commit()
@@ -241,30 +243,28 @@ class JoinStore:
         ]
         over_cap = not identity.admits(window, event.user_id, self.identity_share_factor)
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO votes (feedback_id, response_id, user_id, up, replaces, arrived_at,"
-            " voted_at, over_cap, superseded)"
-            " VALUES (?,?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes WHERE replaces = ?"
-            "  OR (response_id = ? AND user_id = ? AND user_id != '' AND voted_at > ?)))",
+            "INSERT OR IGNORE INTO votes (feedback_id, response_id, user_id, up, arrived_at, voted_at,"
+            " over_cap, superseded)"
+            " VALUES (?,?,?,?,?,?,?, EXISTS (SELECT 1 FROM votes"
+            "  WHERE response_id = ? AND user_id = ? AND user_id != '' AND voted_at > ?))",
             (
                 event.feedback_id,
                 event.response_id,
                 event.user_id,
                 int(event.rating == Rating.RATING_UP),
-                event.replaces_feedback_id,
                 time.time(),
                 _seconds(event.created_at),
                 int(over_cap),
-                event.feedback_id,  # a replacement that overtook the vote it replaces
-                event.response_id,  # ... or a later vote of the same user, from any replica
+                event.response_id,  # a later vote of the same user, from any replica, arrived first
                 event.user_id,
                 _seconds(event.created_at),
             ),
         )
         if cur.rowcount == 1:
             self.db.execute(
-                "UPDATE votes SET superseded = 1 WHERE feedback_id = ?"
-                " OR (response_id = ? AND user_id = ? AND user_id != '' AND voted_at < ?)",
-                (event.replaces_feedback_id, event.response_id, event.user_id, _seconds(event.created_at)),
+                "UPDATE votes SET superseded = 1"
+                " WHERE response_id = ? AND user_id = ? AND user_id != '' AND voted_at < ?",
+                (event.response_id, event.user_id, _seconds(event.created_at)),
             )
         return cur.rowcount == 1
 

@@ -227,7 +227,6 @@ def test_killed_mid_stream_and_restarted_loses_no_vote_and_trains_none_twice(
         user_id=first.feedback.user_id,  # the same user, voting again later
         created_at=wire.now(),
         rating=Rating.RATING_DOWN,
-        replaces_feedback_id=first.feedback.feedback_id,
     )
     produce(
         kafka,

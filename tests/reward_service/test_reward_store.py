@@ -43,15 +43,12 @@ def interaction(
     )
 
 
-def vote(
-    feedback_id: str, response_id: str, rating=UP, replaces: str = "", user: str = "", at: float = 0.0
-) -> Feedback:
+def vote(feedback_id: str, response_id: str, rating=UP, user: str = "", at: float = 0.0) -> Feedback:
     created = Timestamp(seconds=int(at), nanos=int((at % 1) * 1e9))
     return Feedback(
         feedback_id=feedback_id,
         response_id=response_id,
         rating=rating,
-        replaces_feedback_id=replaces,
         user_id=user,
         created_at=created,
     )
@@ -90,16 +87,16 @@ def test_inserts_are_idempotent(store):
 def test_replacement_trains_only_the_latest_vote(store):
     (r,) = training_ids(1)
     store.add_interaction(interaction(r))
-    store.add_vote(vote("f1", r, UP))
-    store.add_vote(vote("f2", r, DOWN, replaces="f1"))
+    store.add_vote(vote("f1", r, UP, user="u1", at=1.0))
+    store.add_vote(vote("f2", r, DOWN, user="u1", at=2.0))
     assert trained_ids(store) == ["f2"]
 
 
 def test_replacement_arriving_first_still_supersedes(store):
     (r,) = training_ids(1)
     store.add_interaction(interaction(r))
-    store.add_vote(vote("f2", r, DOWN, replaces="f1"))
-    store.add_vote(vote("f1", r, UP))
+    store.add_vote(vote("f2", r, DOWN, user="u1", at=2.0))
+    store.add_vote(vote("f1", r, UP, user="u1", at=1.0))
     assert trained_ids(store) == ["f2"]
 
 
@@ -107,11 +104,11 @@ def test_replacing_a_trained_vote_trains_only_a_changed_rating(store):
     r1, r2 = training_ids(2)
     for r in (r1, r2):
         store.add_interaction(interaction(r))
-    store.add_vote(vote("a1", r1, UP))
-    store.add_vote(vote("b1", r2, UP))
+    store.add_vote(vote("a1", r1, UP, user="u1", at=1.0))
+    store.add_vote(vote("b1", r2, UP, user="u1", at=1.0))
     store.mark_trained(["a1", "b1"], version=1)
-    store.add_vote(vote("a2", r1, DOWN, replaces="a1"))  # changed mind: new information
-    store.add_vote(vote("b2", r2, UP, replaces="b1"))  # same opinion again: nothing to learn
+    store.add_vote(vote("a2", r1, DOWN, user="u1", at=2.0))  # changed mind: new information
+    store.add_vote(vote("b2", r2, UP, user="u1", at=2.0))  # same opinion again: nothing to learn
     assert trained_ids(store) == ["a2"]
 
 
@@ -148,11 +145,11 @@ def test_heldout_evaluation_set_counts_one_vote_per_user_and_a_few_per_response(
     all "right"), capped: up-recall 3/3, down-recall 1/2, balanced accuracy 3/4."""
     for rid in "ABC":
         store.add_interaction(interaction(rid, prompt=HELD_PROMPT if rid != "C" else OTHER_HELD_PROMPT))
-    store.add_vote(vote("a1", "A", UP, user="u1"))
-    store.add_vote(vote("a1x", "A", DOWN, user="u1", replaces="a1"))  # u1 changes their mind ...
-    store.add_vote(vote("a1y", "A", UP, user="u1", replaces="a1x"))  # ... and back: only a1y counts
+    store.add_vote(vote("a1", "A", UP, user="u1", at=1.0))
+    store.add_vote(vote("a1x", "A", DOWN, user="u1", at=2.0))  # u1 changes their mind ...
+    store.add_vote(vote("a1y", "A", UP, user="u1", at=3.0))  # ... and back: only a1y counts
     store.add_vote(vote("a2", "A", UP, user="u2"))
-    store.add_vote(vote("a2-again", "A", UP, user="u2"))  # a second vote of u2 without "replaces"
+    store.add_vote(vote("a2-again", "A", UP, user="u2"))  # a second vote of u2 at the same (unknown) time
     store.add_vote(vote("a3", "A", UP, user="u3"))
     store.add_vote(vote("a4", "A", UP, user="u4"))
     store.add_vote(vote("b1", "B", DOWN, user="u1"))
@@ -324,7 +321,7 @@ def test_a_file_of_the_first_schema_is_migrated(tmp_path):
         # h2's prompt had a trained vote (f2) under the old split: not a clean held-out prompt.
         assert [e.feedback_id for e in store.heldout(10, per_response=3)] == ["f4"]
         columns = {r[1] for r in store.db.execute("PRAGMA table_info(votes)")}
-        assert "heldout" not in columns and {"user_id", "voted_at"} <= columns
+        assert not {"heldout", "replaces"} & columns and {"user_id", "voted_at"} <= columns
         store.add_interaction(interaction("t2", finish_reason="length"))
         store.add_vote(vote("f5", "t2", DOWN, user="u9", at=5.0))
         assert [(e.feedback_id, e.finish_reason) for e in store.trainable(10)] == [
@@ -338,7 +335,7 @@ def test_a_file_of_the_first_schema_is_migrated(tmp_path):
 
 
 def test_a_users_later_vote_supersedes_without_a_link_in_any_arrival_order(store):
-    """Votes cast through two serving replicas carry no replaces link: the later one by vote time wins."""
+    """Votes cast through two serving replicas: the later by vote time wins, whatever the arrival order."""
     r1, r2 = training_ids(2)
     for r in (r1, r2):
         store.add_interaction(interaction(r))
