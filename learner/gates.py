@@ -31,7 +31,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from learner.config import LearnerConfig
 from learner.model import ReferenceTop, chat_prompt_ids, generate, pack, response_logits
 from learner.ppo import exact_kl
-from learner.reward import RewardClient, ScoreRequest
+from learner.reward import RewardClient
+from proto.score import ScoreInput
 
 
 def load_prompts(path: Path) -> list[list[dict[str, str]]]:
@@ -131,7 +132,7 @@ def evaluate(
     # 2. reward of candidate vs parent and vs version 0, one request so one reward-model version
     n = len(heldout)
     requests = [
-        ScoreRequest(m, text, finish)
+        ScoreInput(messages=m, response=text, finish_reason=finish)
         for m, (text, finish) in zip(heldout * 3, texts + baseline_answers + anchor_answers)
     ]
     rewards = reward.score(requests).rewards

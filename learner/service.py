@@ -46,13 +46,14 @@ from learner.metrics import LearnerMetrics
 from learner.model import PolicyWithValueHead, ReferenceTop, generate, load_lm, load_tokenizer
 from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
-from learner.reward import RewardClient, ScoreRequest, transient
+from learner.reward import RewardClient, transient
 from learner.rollout import InteractionReader, Rollout
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
 from proto.device import autocast, resolve_device
 from proto.events_pb2 import Interaction, PolicyStatus, PolicyVersion
 from proto.policy_log import PolicyLog
+from proto.score import ScoreInput
 from proto.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,14 @@ class Learner:
         with self.metrics.stage("score"):
             try:
                 scores = self.reward.score(
-                    [ScoreRequest(r.prompt_messages, r.response_text, r.finish_reason) for r in rollouts]
+                    [
+                        ScoreInput(
+                            messages=r.prompt_messages,
+                            response=r.response_text,
+                            finish_reason=r.finish_reason,
+                        )
+                        for r in rollouts
+                    ]
                 )
             except httpx.HTTPError as exc:
                 if not transient(exc):

@@ -1,7 +1,8 @@
-"""The reward service's HTTP app: ``POST /v1/score``, ``/healthz``, ``/readyz``, ``/metrics``.
+"""The reward service's HTTP app: ``POST /v1/score`` (its contract: proto/score.py), ``/healthz``,
+``/readyz``, ``/metrics``.
 
-Every error answers in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``: 422 names the
-field of a malformed body, 400 an empty or oversize batch or an input longer than the context.
+Every error answers in OpenAI's envelope (proto/http.py): 400 names the field of a malformed body, or an
+empty or oversize batch or an input longer than the context; 503 from ``/healthz`` and ``/readyz``.
 """
 
 from collections.abc import Callable
@@ -10,75 +11,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from proto.http import APIError, install_error_handlers
+from proto.score import ScoreRequest, ScoreResponse
 from proto.settings import KafkaSettings
 from reward_service.model import ContextTooLong
-from reward_service.protocol import ErrorBody, ErrorResponse, ScoreRequest, ScoreResponse
 from reward_service.service import RewardService
 from reward_service.settings import Settings
-
-
-class APIError(Exception):
-    """An error to answer with ``status`` in the OpenAI envelope."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.body = ErrorBody(message=message, type=type_, param=param, code=code)
-
-
-def _envelope(status: int, body: ErrorBody) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=body).model_dump(), status_code=status)
-
-
-def _param(loc: tuple) -> str:
-    """A pydantic error location as a field path: ("body", "inputs", 0, "response") → inputs[0].response."""
-    path = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception to the envelope: APIError as given, validation to 422, HTTP errors as they are,
-    anything else to 500 without internals."""
-
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return _envelope(exc.status, exc.body)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        message = "; ".join(f"{_param(tuple(e['loc']))}: {e['msg']}" for e in errors) or first["msg"]
-        body = ErrorBody(
-            message=message,
-            type="invalid_request_error",
-            param=_param(tuple(first["loc"])),
-            code="invalid_value",
-        )
-        return _envelope(422, body)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _envelope(exc.status_code, ErrorBody(message=str(exc.detail), type=kind))
-
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, exc: Exception) -> JSONResponse:
-        return _envelope(500, ErrorBody(message=f"internal error: {type(exc).__name__}", type="server_error"))
 
 
 def get_service(request: Request) -> RewardService:
@@ -107,14 +48,14 @@ def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
             param="inputs",
             code="batch_too_large",
         )
-    items = [([m.model_dump() for m in i.messages], i.response, i.finish_reason) for i in body.inputs]
+    items = [([m.as_turn() for m in i.messages], i.response, i.finish_reason) for i in body.inputs]
     with service.metrics.cpu_stage("score"):
         service.scorer.refresh()
         try:
             scored = service.scorer.score(items, source="http")
         except ContextTooLong as exc:
             raise APIError(
-                400, str(exc), param=f"inputs[{exc.index}]", code="context_length_exceeded"
+                400, str(exc), param=f"inputs.{exc.index}", code="context_length_exceeded"
             ) from exc
     heldout = scored.heldout
     return ScoreResponse(

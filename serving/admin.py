@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
-from serving.errors import APIError
+from proto.http import APIError
 
 
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proto.http import APIError, ErrorInfo, error_response
 from proto.settings import KafkaSettings
 from serving import admin, errors, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
@@ -131,9 +132,8 @@ class BodyLimitMiddleware:
     @staticmethod
     async def _refuse(send, status: int, message: str, code: str) -> None:
         # the rest of the body is never read, so the connection cannot carry another request
-        response = JSONResponse(errors.error_body(errors.ErrorInfo(
-            message=message, type="invalid_request_error", code=code)), status_code=status,
-            headers={"connection": "close"})
+        response = error_response(status, ErrorInfo(message=message, type="invalid_request_error", code=code),
+                                  headers={"connection": "close"})
         await response({"type": "http"}, None, send)
 
 
@@ -156,9 +156,9 @@ def caller_of(
     wait = request.app.state.chat_limiter.take(identity.user_id)
     if wait:
         limiter = request.app.state.chat_limiter
-        raise errors.APIError(429, f"Rate limit reached for chat completions: {limiter.per_minute:g} requests per "
-                                   f"minute per user. Retry after {retry_after(wait)} s.", "requests",
-                              code="rate_limit_exceeded", headers={"retry-after": retry_after(wait)})
+        raise APIError(429, f"Rate limit reached for chat completions: {limiter.per_minute:g} requests per "
+                            f"minute per user. Retry after {retry_after(wait)} s.", "requests",
+                       code="rate_limit_exceeded", headers={"retry-after": retry_after(wait)})
     request_id = x_request_id or f"req-{uuid.uuid4().hex}"
     request.state.request_id = request_id
     return Caller(request_id=request_id, user_id=identity.user_id, session_id=x_session_id or "")
@@ -189,9 +189,9 @@ async def chat_completions(req: ChatCompletionRequest, state: State, caller: Ann
     if req.stream:
         slots: StreamSlots = state.stream_slots
         if not slots.acquire(caller.user_id):
-            raise errors.APIError(429, f"Too many streams open: at most {slots.limit} at once per user. Retry "
-                                       "when one has finished.", "requests", code="rate_limit_exceeded",
-                                  headers={"retry-after": "1"})
+            raise APIError(429, f"Too many streams open: at most {slots.limit} at once per user. Retry "
+                                "when one has finished.", "requests", code="rate_limit_exceeded",
+                           headers={"retry-after": "1"})
         try:
             resp, deltas = await chat.start(req, caller, started)
         except BaseException:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.errors import APIError
+from proto.http import APIError
 from serving.keys import KeyFile
 from serving.limits import RateLimiter, retry_after
 from serving.settings import Settings

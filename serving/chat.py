@@ -18,8 +18,8 @@ from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import StructuredOutputsParams
 
 from proto import events_pb2, topics, wire
+from proto.http import APIError, ErrorInfo, error_body
 from serving.engine import Delta, GenerationCut, PolicyEngine, RequestRejected, TokenLogprobs
-from serving.errors import APIError, error_body
 from serving.event_log import EventLog
 from serving.metrics import ServingMetrics
 from serving.protocol import (
@@ -30,7 +30,6 @@ from serving.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
-    ErrorInfo,
     ResponseMessage,
     TokenLogprob,
     TopLogprob,
@@ -177,7 +176,7 @@ class ChatService:
         if req.model != self.model_name:
             raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{self.model_name}'.",
                            "invalid_request_error", param="model", code="model_not_found")
-        messages = [{"role": m.role, "content": m.text} for m in req.messages]
+        messages = [m.as_turn() for m in req.messages]
         prompt_ids = self.engine.render_prompt(messages)
         max_tokens = self.engine.completion_budget(len(prompt_ids), req.completion_limit)
         params = sampling_params(req, max_tokens)
@@ -201,7 +200,7 @@ class ChatService:
             session_id=caller.session_id,
             model=self.model_name,
             policy_version=resp.version,
-            prompt_messages=[events_pb2.ChatMessage(role=m.role, content=m.text) for m in req.messages],
+            prompt_messages=[m.to_proto() for m in req.messages],
             prompt_token_ids=resp.prompt_ids,
             response_text="".join(choice.text),
             response_token_ids=choice.token_ids,

@@ -8,8 +8,8 @@ another one served, with no shared index.
 import uuid
 
 from proto import events_pb2, topics, wire
+from proto.http import APIError
 from serving.auth import Identity
-from serving.errors import APIError
 from serving.event_log import EventLog
 from serving.limits import RateLimiter, retry_after
 from serving.metrics import ServingMetrics

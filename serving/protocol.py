@@ -7,39 +7,22 @@ it. Nothing is accepted and ignored. Where a field has a value that asks for wha
 (``tool_choice: "none"``, ``store: true``, ``modalities: ["text"]``, …) that value is accepted and the
 others are refused. ``null`` means "not set" for every optional field, as in OpenAI's API.
 
-Validation is strict: a value of the wrong JSON type is refused, not converted ("5" is not a number).
-Our extensions are marked "Extension".
+Validation is strict: a value of the wrong JSON type is refused, not converted ("5" is not a number). The
+conventions (``StrictModel``, ``refused``, ``only``, ``Text``) and ``ChatMessage`` are every HTTP API's, in
+proto/http.py. Our extensions are marked "Extension".
 """
 
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
+
+from proto.http import ChatMessage, StrictModel, Text, only, refused
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_N = 16  # choices per request; each is a full generation, so this bounds one request's cost
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
-
-
-def _utf8(text: str) -> str:
-    """Refuse strings that cannot be UTF-8 encoded (lone surrogates): the tokenizer and the wire need UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid Unicode ({exc.reason} at index {exc.start})") from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_utf8)]
 
 
 def _default_if_null(default: Any) -> BeforeValidator:
@@ -47,72 +30,7 @@ def _default_if_null(default: Any) -> BeforeValidator:
     return BeforeValidator(lambda value: default if value is None else value)
 
 
-def refused(reason: str, *, unless: tuple = ()) -> Any:
-    """A request field this server refuses (any value except ``null`` and those in ``unless``).
-
-    The 400 names the field and gives ``reason`` (what is not supported and what to do instead).
-    """
-
-    def check(value: Any) -> Any:
-        if value is None or any(value == ok for ok in unless):
-            return value
-        raise PydanticCustomError("unsupported_parameter", reason)
-
-    return Annotated[Any, AfterValidator(check)]
-
-
-def _only(allowed: tuple, reason: str) -> AfterValidator:
-    """Accept only the values in ``allowed`` of an otherwise valid field; refuse the others with ``reason``."""
-
-    def check(value: Any) -> Any:
-        if value is None or value in allowed:
-            return value
-        raise PydanticCustomError("unsupported_value", reason)
-
-    return AfterValidator(check)
-
-
-class Strict(BaseModel):
-    """Request models: wrong JSON types are errors, unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class TextPart(Strict):
-    """A content part; only text parts are supported (the model reads text only)."""
-
-    type: Annotated[str, _only(("text",), "This model reads text only: content parts must have type 'text'.")]
-    text: Text
-
-
-class ChatMessage(Strict):
-    """One message of the conversation. ``developer`` is OpenAI's newer name for ``system``."""
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart] = Field(description="A string, or a list of text parts (joined).")
-    name: refused("This model's chat template has no participant names; put the name in the content.") = None
-
-    @field_validator("role", mode="before")
-    @classmethod
-    def _known_role(cls, role: object) -> object:
-        if role in ("tool", "function"):
-            raise PydanticCustomError("unsupported_value", "This server offers no tool calls, so there are no tool "
-                                                           "results to send.")
-        return role
-
-    @field_validator("role")
-    @classmethod
-    def _developer_is_system(cls, role: str) -> str:
-        # OpenAI's newer name for system instructions; the chat template knows "system".
-        return "system" if role == "developer" else role
-
-    @property
-    def text(self) -> str:
-        """The content as one string (text parts joined)."""
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-
-
-class JSONSchema(Strict):
+class JSONSchema(StrictModel):
     """``response_format.json_schema``: the schema the answer must follow (vLLM's structured outputs)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -121,7 +39,7 @@ class JSONSchema(Strict):
     strict: bool | None = Field(None, description="Accepted either way: the output is always constrained.")
 
 
-class ResponseFormat(Strict):
+class ResponseFormat(StrictModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchema | None = Field(None, validate_default=True)
 
@@ -136,18 +54,18 @@ class ResponseFormat(Strict):
         return value
 
 
-class StreamOptions(Strict):
-    include_obfuscation: Annotated[bool | None, _only(
+class StreamOptions(StrictModel):
+    include_obfuscation: Annotated[bool | None, only(
         (False,), "This server adds no obfuscation field to stream chunks.")] = None
     include_usage: Annotated[bool, _default_if_null(False)] = False
 
 
-StopString = Annotated[str, Field(min_length=1), AfterValidator(_utf8)]
+StopString = Annotated[Text, Field(min_length=1)]
 
 _NO_TOOLS = "This model has no tool-call template, so this server offers no tool calls."
 
 
-class ChatCompletionRequest(Strict):
+class ChatCompletionRequest(StrictModel):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     audio: refused("This server generates text only.") = None
@@ -160,7 +78,7 @@ class ChatCompletionRequest(Strict):
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
     metadata: refused("This server keeps no completions for retrieval, so it has nowhere to attach metadata.") = None
-    modalities: Annotated[list[Literal["text", "audio"]] | None, _only(
+    modalities: Annotated[list[Literal["text", "audio"]] | None, only(
         (["text"],), "This server generates text only: use [\"text\"] or leave it out.")] = None
     moderation: refused("This server runs no moderation.") = None
     n: Annotated[int, _default_if_null(1)] = Field(1, ge=1, le=MAX_N)
@@ -171,7 +89,7 @@ class ChatCompletionRequest(Strict):
         None, max_length=1024, description="Accepted: the prefix cache is automatic and needs no key.")
     prompt_cache_options: refused("The prefix cache is automatic and has no options.") = None
     prompt_cache_retention: refused("The prefix cache is automatic and has no retention policy.") = None
-    reasoning_effort: Annotated[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None, _only(
+    reasoning_effort: Annotated[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None, only(
         ("none",), "This model does not reason before answering: use 'none' or leave it out.")
     ] = None
     response_format: ResponseFormat | None = None
@@ -179,10 +97,10 @@ class ChatCompletionRequest(Strict):
         None, max_length=128, description="End-user id; recorded as the events' end_user_id when `user` is not "
                                           "set.")
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
-    service_tier: Annotated[Literal["auto", "default", "flex", "scale", "priority", "fast"] | None, _only(
+    service_tier: Annotated[Literal["auto", "default", "flex", "scale", "priority", "fast"] | None, only(
         ("auto", "default"), "This server has one service tier: use 'auto' or 'default'.")] = None
     stop: list[StopString] | None = Field(None, max_length=4, description="A string or up to 4 strings.")
-    store: Annotated[bool | None, _only(
+    store: Annotated[bool | None, only(
         (True,), "This server logs every response for training, so it cannot honour false.")] = None
     stream: Annotated[bool, _default_if_null(False)] = False
     stream_options: StreamOptions | None = None
@@ -358,7 +276,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class FeedbackRequest(Strict):
+class FeedbackRequest(StrictModel):
     """A thumbs vote on a response this service generated (our API, not OpenAI's)."""
 
     response_id: str = Field(min_length=1, max_length=128)
@@ -374,14 +292,3 @@ class FeedbackResponse(BaseModel):
     response_id: str
     rating: Literal["up", "down"]
     policy_version: int
-
-
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorInfo

@@ -315,6 +315,7 @@ class ScoreServer:
         from transformers.utils import logging as hf_logging
 
         from learner.model import chat_prompt_ids, load_tokenizer, pack
+        from proto.score import ScoreRequest, ScoreResponse
 
         hf_logging.disable_progress_bar()
         rm, tokenizer = reward_model(model_dir), load_tokenizer(model_dir)
@@ -323,13 +324,13 @@ class ScoreServer:
         lock = threading.Lock()
 
         @app.post("/v1/score")
-        def score(body: dict) -> dict:
+        def score(body: ScoreRequest) -> ScoreResponse:
             with lock:
                 start = time.process_time()  # the parent is otherwise idle: this is the scoring's CPU
-                prompts = [chat_prompt_ids(tokenizer, i["messages"]) for i in body["inputs"]]
+                prompts = [chat_prompt_ids(tokenizer, [m.as_turn() for m in i.messages]) for i in body.inputs]
                 replies = [
-                    tokenizer(i["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                    for i in body["inputs"]
+                    tokenizer(i.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                    for i in body.inputs
                 ]
                 batch = pack(prompts, replies)
                 with torch.no_grad():
@@ -343,12 +344,12 @@ class ScoreServer:
                 self.cpu_s += time.process_time() - start
                 self.requests += 1
                 self.items += len(prompts)
-            return {
-                "rewards": scores.tolist(),
-                "reward_model_version": 1,
-                "heldout_balanced_accuracy": 0.9,
-                "heldout_votes": 100,
-            }
+            return ScoreResponse(
+                rewards=scores.tolist(),
+                reward_model_version=1,
+                heldout_balanced_accuracy=0.9,
+                heldout_votes=100,
+            )
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -16,13 +16,13 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from pydantic import BaseModel
 
 from learner.config import LearnerConfig
 from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, response_logits
 from learner.ppo import logprobs_of
 from proto import topics, wire
 from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
+from proto.score import ScoreRequest, ScoreResponse
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
 
@@ -36,18 +36,8 @@ CONVERSATIONS = [
 ]
 
 
-class _ScoreInput(BaseModel):
-    messages: list[dict[str, str]]
-    response: str
-    finish_reason: str = "stop"
-
-
 # What the double reports about its reward model; a test may change it (and must restore it).
 SCORER = {"heldout_balanced_accuracy": 0.9, "heldout_votes": 100}
-
-
-class _ScoreRequest(BaseModel):
-    inputs: list[_ScoreInput]
 
 
 def score_rule(response: str) -> float:
@@ -67,8 +57,9 @@ def scorer():
     app = FastAPI()
 
     @app.post("/v1/score")
-    def score(req: _ScoreRequest) -> dict:
-        return {"rewards": [score_rule(i.response) for i in req.inputs], "reward_model_version": 1, **SCORER}
+    def score(req: ScoreRequest) -> ScoreResponse:
+        rewards = [score_rule(i.response) for i in req.inputs]
+        return ScoreResponse(rewards=rewards, reward_model_version=1, **SCORER)
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -59,31 +59,46 @@ def test_finish_reason_is_optional_and_defaults_to_stop(client):
     reply = client.post("/v1/score", json={"inputs": inputs})
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["rewards"]) == 3
-    error = error_of(client.post("/v1/score", json={"inputs": [{**inputs[0], "finish_reason": 3}]}), 422)
-    assert error["param"] == "inputs[0].finish_reason"
+    error = error_of(client.post("/v1/score", json={"inputs": [{**inputs[0], "finish_reason": 3}]}), 400)
+    assert (error["param"], error["code"]) == ("inputs.0.finish_reason", "invalid_type")
 
 
 @pytest.mark.parametrize(
-    ("inputs", "param"),
+    ("inputs", "param", "code"),
     [
-        ([{"messages": MESSAGES}], "inputs[0].response"),
-        ([{"messages": "hello", "response": "hi"}], "inputs[0].messages"),
-        ([{"messages": [], "response": "hi"}], "inputs[0].messages"),
-        ([{"messages": [{"role": "robot", "content": "x"}], "response": "hi"}], "inputs[0].messages[0].role"),
+        ([{"messages": MESSAGES}], "inputs.0.response", "missing_required_parameter"),
+        ([{"messages": "hello", "response": "hi"}], "inputs.0.messages", "invalid_type"),
+        ([{"messages": [], "response": "hi"}], "inputs.0.messages", "invalid_value"),
+        ([{"messages": [{"role": "robot", "content": "x"}], "response": "hi"}], "inputs.0.messages.0.role",
+         "invalid_value"),
+        ([{"messages": MESSAGES, "response": "hi", "score": 1}], "inputs.0.score", "unknown_parameter"),
     ],
 )
-def test_schema_errors_are_422_naming_the_field(client, inputs, param):
-    error = error_of(client.post("/v1/score", json={"inputs": inputs}), 422)
-    assert error["param"] == param
-    assert error["type"] == "invalid_request_error"
+def test_schema_errors_are_400_naming_the_field(client, inputs, param, code):
+    """As serving's: OpenAI's status and envelope, the field as a dotted path (proto/http.py)."""
+    error = error_of(client.post("/v1/score", json={"inputs": inputs}), 400)
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
     assert param in error["message"]
 
 
-def test_body_that_is_not_json_is_422(client):
+def test_body_that_is_not_json_is_400(client):
     error = error_of(
-        client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"}), 422
+        client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"}), 400
     )
-    assert error["code"] == "invalid_value"
+    assert error["code"] == "invalid_json"
+
+
+def test_messages_are_the_chat_apis(client):
+    """The same ChatMessage as serving's chat completions (tests/proto/test_http.py): a developer message
+    with text parts is scored; a tool result is refused by name."""
+    parts = [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]
+    inputs = [{"messages": [{"role": "developer", "content": parts}, *MESSAGES], "response": "Paris."}]
+    reply = client.post("/v1/score", json={"inputs": inputs})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["rewards"]) == 1
+    tool = [{"messages": [{"role": "tool", "content": "42"}], "response": "Paris."}]
+    error = error_of(client.post("/v1/score", json={"inputs": tool}), 400)
+    assert (error["param"], error["code"]) == ("inputs.0.messages.0.role", "unsupported_value")
 
 
 def test_empty_and_oversize_batches_are_400(client):
@@ -98,12 +113,12 @@ def test_empty_and_oversize_batches_are_400(client):
 def test_input_longer_than_the_context_is_400_naming_it(client):
     inputs = [{"messages": MESSAGES, "response": "Paris."}, {"messages": MESSAGES, "response": "very " * 200}]
     error = error_of(client.post("/v1/score", json={"inputs": inputs}), 400)
-    assert (error["param"], error["code"]) == ("inputs[1]", "context_length_exceeded")
+    assert (error["param"], error["code"]) == ("inputs.1", "context_length_exceeded")
     assert "at most 96" in error["message"]
 
 
 def test_unknown_path_is_404_in_the_envelope(client):
-    assert error_of(client.get("/v1/nothing"), 404)["type"] == "not_found_error"
+    assert error_of(client.get("/v1/nothing"), 404)["type"] == "invalid_request_error"
 
 
 def test_health_readiness_and_metrics(client):
