@@ -28,10 +28,10 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from learner.config import LearnerConfig
 from learner.model import ReferenceTop, chat_prompt_ids, generate, pack, response_logits
 from learner.ppo import exact_kl
 from learner.reward import RewardClient, ScoreRequest
+from learner.settings import LearnerConfig
 
 
 def load_prompts(path: Path) -> list[list[dict[str, str]]]:

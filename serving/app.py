@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proto.settings import KafkaSettings
 from serving import admin, errors, metrics, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
 from serving.chat import Caller, ChatService
@@ -240,17 +239,16 @@ async def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = None) -> FastAPI:
+def build_app(settings: Settings | None = None) -> FastAPI:
     """The serving application. The engine starts in the lifespan (≈ 20-30 s on CPU)."""
     settings = settings or Settings()
-    kafka = kafka or KafkaSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
         state.settings = settings
         state.started_at = int(time.time())
-        state.event_log = EventLog(kafka, settings.data_dir / "spool")
+        state.event_log = EventLog(settings.kafka, settings.data_dir / "spool")
         state.event_log.start()
         signer = Signer(load_secret(settings.secret, settings.state_dir / "serving" / "secret"))
         state.auth = Authenticator(settings, signer)
@@ -261,7 +259,8 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
         await state.engine.start()
         state.chat = ChatService(state.engine, state.event_log, signer, settings.feedback_token_ttl_s,
                                  settings.served_model_name)
-        state.follower = PolicyFollower(kafka, state.engine, settings.model_path, asyncio.get_running_loop())
+        state.follower = PolicyFollower(settings.kafka, state.engine, settings.base_model,
+                                        asyncio.get_running_loop())
         state.follower.start()
         try:
             yield
