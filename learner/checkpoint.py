@@ -11,7 +11,6 @@ re-baseline on the served version, learner/follow.py) is ``iter-<N>-<k>``, k = 1
 """
 
 import json
-import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from learner.model import PolicyWithValueHead
+from proto.checkpoint import commit_dir
 
 PREFIX = "iter-"
 TRAINED = "trained.safetensors"
@@ -82,15 +82,6 @@ class LearnerState:
         return cls(**data, pending=PendingPublication(**pending) if pending else None)
 
 
-def fsync(path: Path) -> None:
-    """Flush a file or directory to disk (a directory's fsync makes a rename in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(
     root: Path, state: LearnerState, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer, keep: int
 ) -> Path:
@@ -111,16 +102,12 @@ def save(
     save_file(trained, str(tmp / TRAINED))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
-    for f in tmp.iterdir():
-        fsync(f)
-    fsync(tmp)
     final = root / f"{PREFIX}{state.iteration:08d}"
     again = 0
     while final.exists():
         again += 1
         final = root / f"{PREFIX}{state.iteration:08d}-{again:04d}"
-    os.rename(tmp, final)
-    fsync(root)
+    commit_dir(tmp, final)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

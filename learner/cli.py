@@ -5,9 +5,10 @@
                                                                  # (with --max-restarts, see its start())
     python -m learner.cli sft --data demos.jsonl --output-dir DIR [--epochs 2] ...
 
-Every field of :class:`learner.config.LearnerConfig` / :class:`learner.config.SFTConfig` is a flag
+Every field of :class:`learner.settings.LearnerConfig` / :class:`learner.settings.SFTConfig` is a flag
 (``--help`` lists them with defaults) and an environment variable (``RLHF_LEARNER_*``,
-``RLHF_LEARNER_SFT_*``); Kafka comes from ``RLHF_KAFKA_BOOTSTRAP_SERVERS`` / ``RLHF_KAFKA_TOPIC_PREFIX``.
+``RLHF_LEARNER_SFT_*``; the shared ``RLHF_STATE_DIR``, ``RLHF_BASE_MODEL``, ``RLHF_KAFKA_*``); see
+proto/cli.py.
 SIGTERM and Ctrl-C stop ``ppo`` between iterations, after its checkpoint. Under torchrun, rank 0 does
 so and then stops the other ranks, which wait for it (they ignore SIGTERM themselves: leaving mid-step
 would fail rank 0's iteration).
@@ -16,7 +17,6 @@ would fail rank 0's iteration).
 import logging
 import os
 import signal
-import sys
 import threading
 
 # Before torch loads OpenMP: the learner shares its cores with serving and the reward service, and
@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pydantic_settings import BaseSettings, CliApp, CliSubCommand
 
-from learner.config import LearnerConfig, SFTConfig
+from learner.settings import LearnerConfig, SFTConfig
+from proto import cli
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ class PPOCommand(LearnerConfig):
         from learner import distributed
         from learner.service import Learner, run_worker
         from proto.retry import call_with_retry
-        from proto.settings import KafkaSettings
         from proto.topics import ensure_topics
 
         ranks, device = distributed.start(self.device, self.rank_wait_timeout_s)
@@ -49,9 +49,8 @@ class PPOCommand(LearnerConfig):
             if not ranks.is_main:
                 run_worker(self, ranks, device)
                 return
-            kafka = KafkaSettings()
-            call_with_retry(ensure_topics, kafka, log=log, what="creating topics", stop=stop)
-            learner = Learner(self, kafka, ranks, device, stop)
+            call_with_retry(ensure_topics, self.kafka, log=log, what="creating topics", stop=stop)
+            learner = Learner(self, self.kafka, ranks, device, stop)
             log.info("metrics on :%d/metrics", learner.metrics_port)
             try:
                 learner.run(stop)
@@ -70,7 +69,7 @@ class SFTCommand(SFTConfig):
         print(train(self))
 
 
-class Main(BaseSettings, cli_prog_name="rlhf-learner", cli_kebab_case=True):
+class Main(BaseSettings):
     """The RLHF learner."""
 
     ppo: CliSubCommand[PPOCommand]
@@ -81,8 +80,7 @@ class Main(BaseSettings, cli_prog_name="rlhf-learner", cli_kebab_case=True):
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    CliApp.run(Main, cli_args=sys.argv[1:] if argv is None else argv)
+    cli.run(Main, "rlhf-learner", argv)
 
 
 if __name__ == "__main__":

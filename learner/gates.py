@@ -28,10 +28,10 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from learner.config import LearnerConfig
 from learner.model import ReferenceTop, chat_prompt_ids, generate, pack, response_logits
 from learner.ppo import exact_kl
 from learner.reward import RewardClient
+from learner.settings import LearnerConfig
 from proto.score import ScoreInput
 
 

@@ -17,7 +17,7 @@ this is the difference between one full forward per batch and one full forward +
 Value head (after Ziegler et al. 2019's code, openai/lm-human-preferences): a scalar linear head on the
 policy's final hidden states, sharing the trunk, initialised to zero. Sharing costs one forward/backward
 per micro-batch instead of two; the zero init makes the head start at V = 0 and send no gradient into the
-policy until it has learned something. With λ = 1 (learner/config.py) the first advantages are then the
+policy until it has learned something. With λ = 1 (learner/settings.py) the first advantages are then the
 whitened Monte-Carlo returns, a batch-baseline REINFORCE estimate (Ahmadian et al. 2024, "Back to
 Basics"), not noise; the head lowers their variance as it learns. The head is never published: serving
 gets the plain causal LM.

@@ -18,7 +18,6 @@ Publishing is idempotent by content: if a record with the same weights' sha256 i
 """
 
 import logging
-import os
 import shutil
 import threading
 import uuid
@@ -31,8 +30,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from learner.checkpoint import fsync
 from proto import policy_store, topics, wire
+from proto.checkpoint import commit_dir
 from proto.events_pb2 import PolicyVersion
 from proto.policy_log import PolicyLog
 from proto.retry import call_with_retry
@@ -89,10 +88,8 @@ class LocalPolicyStore:
             return final.resolve().as_uri()
         for f in staged.path.iterdir():
             f.chmod(0o644)  # save_pretrained writes 0600; serving may run as another user of the store
-            fsync(f)
         # rename is atomic: a reader (serving) never sees a half-written version directory
-        os.rename(staged.path, final)
-        fsync(self.root)
+        commit_dir(staged.path, final)
         return final.resolve().as_uri()
 
     def discard(self, staged: StagedPolicy) -> None:

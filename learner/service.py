@@ -40,7 +40,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from learner import checkpoint, follow, gates
 from learner.checkpoint import LearnerState, PendingPublication
-from learner.config import LearnerConfig
 from learner.distributed import SINGLE, Ranks, Step, Stop, serve, snapshot
 from learner.metrics import LearnerMetrics
 from learner.model import PolicyWithValueHead, ReferenceTop, generate, load_lm, load_tokenizer
@@ -48,6 +47,7 @@ from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
 from learner.reward import RewardClient, transient
 from learner.rollout import InteractionReader, Rollout
+from learner.settings import LearnerConfig
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
 from proto.device import autocast, resolve_device
@@ -65,8 +65,8 @@ class Learner:
     Construction resumes from the newest checkpoint under ``cfg.checkpoint_dir`` when there is one (and
     finishes its pending publication, then follows the served policy as before every iteration); otherwise
     it starts from the version serving serves (the policy topic's pinned or latest promoted version, never
-    a descendant of a rolled-back one: learner/follow.py), or from ``cfg.init_model`` (version 0). The
-    reference is always ``cfg.init_model``'s top layers over the shared frozen trunk.
+    a descendant of a rolled-back one: learner/follow.py), or from ``cfg.base_model`` (version 0). The
+    reference is always ``cfg.base_model``'s top layers over the shared frozen trunk.
 
     ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
     where the models go (default: ``cfg.device`` resolved, proto/device.py); ``stop``: the event that
@@ -92,18 +92,18 @@ class Learner:
         self._metrics_server, _ = start_http_server(cfg.metrics_port, registry=self.metrics.registry)
         self.metrics_port = self._metrics_server.server_port
         torch.manual_seed(cfg.seed)
-        self.tokenizer = load_tokenizer(cfg.init_model)
+        self.tokenizer = load_tokenizer(cfg.base_model)
         self.store = open_store(cfg.store_uri)
         self.policy_topic = PolicyTopic(kafka, self.stop)
         self.reward = RewardClient(cfg.reward_url, cfg.reward_timeout_s)
         self.heldout = gates.load_prompts(cfg.heldout_prompts)
         self.canaries = gates.load_prompts(cfg.canary_prompts)
 
-        sft = load_lm(cfg.init_model, trainable=False, device=self.device)
+        sft = load_lm(cfg.base_model, trainable=False, device=self.device)
         resume = checkpoint.latest(cfg.checkpoint_dir)
         if resume is not None:
             self.policy = PolicyWithValueHead(
-                load_lm(cfg.init_model, trainable=False, device=self.device), cfg.trainable_layers
+                load_lm(cfg.base_model, trainable=False, device=self.device), cfg.trainable_layers
             )
             self.trainer = PPOTrainer(cfg, self.policy, ReferenceTop(sft, self.policy), ranks)
             self.state = checkpoint.load(resume, self.policy, self.trainer.optimizer)
@@ -158,11 +158,11 @@ class Learner:
         return gates.answer_texts(self.tokenizer, answers)
 
     def _weights_of(self, policies: PolicyLog, version: int) -> Path:
-        """Directory of ``version``'s weights: the store's copy, or ``cfg.init_model`` for version 0."""
+        """Directory of ``version``'s weights: the store's copy, or ``cfg.base_model`` for version 0."""
         return (
             self.store.local_dir(policies.versions[version].checkpoint_uri)
             if version
-            else self.cfg.init_model
+            else self.cfg.base_model
         )
 
     def _load_version(self, policies: PolicyLog, version: int) -> None:
@@ -559,7 +559,7 @@ def run_worker(cfg: LearnerConfig, ranks: Ranks, device: torch.device) -> int:
     # Version 0 everywhere: the trunk is the SFT model's on every version, and rank 0's Sync brings the
     # trained part. The reference is v0's top, copied here before anything trains it.
     policy = PolicyWithValueHead(
-        load_lm(cfg.init_model, trainable=False, device=device), cfg.trainable_layers
+        load_lm(cfg.base_model, trainable=False, device=device), cfg.trainable_layers
     )
     trainer = PPOTrainer(cfg, policy, ReferenceTop(policy.lm, policy), ranks)
     return serve(ranks, trainer)

@@ -11,23 +11,23 @@ Each example is the chat-templated prompt (as serving feeds it, ending with the 
 by the reply's tokens and EOS, exactly what the policy generates. The loss is the mean cross-entropy of
 the reply tokens only (EOS included, so the model learns to stop); prompt tokens and padding carry none.
 The output is a plain HF model directory (weights, config, generation config, tokenizer) that serves as
-a policy for vLLM and as the learner's ``init_model``/reference.
+a policy for vLLM and as the learner's ``base_model``/reference.
 
 Run: ``python -m learner.cli sft --data demos.jsonl --output-dir .state/models/sft-v1``.
 """
 
 import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
-from learner.config import SFTConfig
 from learner.model import chat_prompt_ids, load_lm, load_tokenizer
 from learner.ppo import logprobs_of
+from learner.settings import SFTConfig
+from proto.checkpoint import commit_dir
 
 log = logging.getLogger(__name__)
 
@@ -114,5 +114,5 @@ def train(cfg: SFTConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.rename(tmp, cfg.output_dir)
+    commit_dir(tmp, cfg.output_dir)
     return cfg.output_dir

@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from learner import ppo
-from learner.config import LearnerConfig
 from learner.distributed import SINGLE, Ranks, data_parallel
 from learner.model import PolicyWithValueHead, ReferenceTop, TokenBatch, pack
 from learner.rollout import Rollout
+from learner.settings import LearnerConfig
 from proto.device import autocast
 
 # Loss statistics averaged over an iteration's micro-batches (IterationStats fields).

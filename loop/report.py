@@ -31,7 +31,7 @@ from rich.table import Table
 from proto import topics, wire
 from proto.events_pb2 import Feedback, PolicyStatus, Rating
 from proto.policy_log import PolicyLog
-from proto.settings import KafkaSettings
+from proto.settings import KafkaSettings, state_dir
 
 
 def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -301,10 +301,8 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 
 def main() -> None:
-    from serving.settings import default_state_dir
-
     parser = argparse.ArgumentParser(description="The loop's report: a table, report.png and report.json.")
-    parser.add_argument("--out", type=Path, default=default_state_dir() / "reports", help="output directory")
+    parser.add_argument("--out", type=Path, default=state_dir() / "reports", help="output directory")
     parser.add_argument("--reward-url", default="http://127.0.0.1:8001", help="reward service (for accuracy)")
     parser.add_argument("--since", type=parse_time, metavar="TIME",
                         help="count responses and votes from TIME: ISO 8601, or seconds ago (e.g. 3600)")

@@ -29,9 +29,9 @@ from loop.preference import PREFERENCES
 from loop.processes import ROOT, Service
 from loop.report import make_console, scrape
 from loop.users import SimulatedUsers, UserStats, provision_keys
-from proto.settings import KafkaSettings
+from proto import api_keys
+from proto.settings import KafkaSettings, ServiceSettings, state_dir
 from proto.topics import ensure_topics
-from serving.settings import default_state_dir
 
 console = make_console()
 MODEL = "smollm2-135m-instruct"
@@ -134,16 +134,11 @@ def services_line(services: list[Service]) -> str:
     return "services: " + ", ".join(parts) if parts else ""
 
 
-def keys_file_of(work: Path) -> Path:
-    """Serving's API keys file under the main job's work dir."""
-    return work / "serving" / "api_keys"
-
-
 def make_users(args: argparse.Namespace, serving: Service, work: Path) -> SimulatedUsers:
     """The simulated users of ``args`` (count, preference, budget, seed) on ``serving``, each with a fresh
     key of its own in serving's keys file (so they authenticate like any client)."""
-    api_keys = provision_keys(keys_file_of(work), args.users)
-    return SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), api_keys,
+    keys = provision_keys(api_keys.default_path(work), args.users)
+    return SimulatedUsers(serving.url, MODEL, PREFERENCES[args.preference](), keys,
                           max_tokens=args.max_tokens, seed=args.seed)
 
 
@@ -182,16 +177,15 @@ def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
     """The reward service, serving and the learner (in that order), not started, with data and logs under
     ``work``; they reach Kafka through this process's ``RLHF_KAFKA_*`` environment."""
     log_dir = work / "logs"
-    model = default_state_dir() / "models" / "SmolLM2-135M-Instruct"
-    # Every service keeps its data under the work dir and starts from the bundled model.
-    # The simulated users authenticate with keys of their own in serving's keys file (add yours with
-    # `python -m serving.keys --file <work>/serving/api_keys add USER`); anonymous mode lets the chat page at /
-    # work without one.
-    keys_file = keys_file_of(work)
-    env = {"RLHF_STATE_DIR": str(work), "HF_HUB_OFFLINE": "1", "RLHF_SERVING_MODEL_PATH": str(model),
-           "RLHF_REWARD_BASE_MODEL": str(model), "RLHF_LEARNER_INIT_MODEL": str(model),
-           "RLHF_SERVING_API_KEYS_FILE": str(keys_file), "RLHF_SERVING_ANONYMOUS": "true"}
-    reward = Service("reward_service.cli", args.reward_port, env, log_dir / "reward_service.log")
+    # Every service keeps its data under the work dir and starts from the base model of this environment
+    # (the bundled one unless RLHF_BASE_MODEL says otherwise). The simulated users authenticate with keys
+    # of their own in serving's keys file, <work>/serving/api_keys (add yours with
+    # `RLHF_STATE_DIR=<work> python -m serving.keys add USER`); anonymous mode lets the chat page at / work
+    # without one.
+    env = {"RLHF_STATE_DIR": str(work), "RLHF_BASE_MODEL": str(ServiceSettings().base_model),
+           "HF_HUB_OFFLINE": "1", "RLHF_SERVING_ANONYMOUS": "true"}
+    reward = Service("reward_service.cli", args.reward_port, env, log_dir / "reward_service.log",
+                     args=["serve"])
     serving = Service("serving.cli", args.serving_port, env, log_dir / "serving.log")
     learner = Service("learner.cli", args.learner_port, env | {"RLHF_LEARNER_REWARD_URL": reward.url},
                       log_dir / "learner.log", port_flag="--metrics-port",
@@ -215,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started_at = time.time()  # Unix seconds: the final report counts from here
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    work = args.work_dir or default_state_dir()
+    work = args.work_dir or state_dir()
     log_dir = work / "logs"
     kafka = KafkaSettings()
     ensure_topics(kafka)

@@ -11,7 +11,7 @@ import httpx
 from openai import APIError, AsyncOpenAI
 
 from loop.preference import Preference
-from serving.keys import KeyFile
+from proto.api_keys import KeyFile
 
 log = logging.getLogger(__name__)
 PROMPTS_FILE = Path(__file__).with_name("prompts.txt")

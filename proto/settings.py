@@ -8,8 +8,10 @@ Each service's ``settings.py`` extends :class:`ServiceSettings` with its own fie
   the reward model's backbone (default ``<state>/models/SmolLM2-135M-Instruct``);
 - ``RLHF_KAFKA_*``: the broker's address and how topics are named (:class:`KafkaSettings`).
 
-Scripts outside the services (``loop/``, ``bench/``) find the same facts through :func:`state_dir` and
-:class:`KafkaSettings`, never through a service's settings.
+Scripts outside the services (``loop/``, ``bench/``) find the same facts through :func:`state_dir`,
+``ServiceSettings().base_model`` and :class:`KafkaSettings`, never through a service's settings. On the
+command line (proto/cli.py) the shared facts are ``--rlhf-state-dir``, ``--rlhf-base-model`` and
+``--kafka.<field>``.
 """
 
 import os
@@ -25,6 +27,12 @@ BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
 def state_dir() -> Path:
     """``$RLHF_STATE_DIR``, else ``<repo>/.state``."""
     return Path(os.environ.get("RLHF_STATE_DIR", REPO / ".state"))
+
+
+def bundled_model(settings: dict) -> Path:
+    """``<state_dir>/models/SmolLM2-135M-Instruct``, where ``./rlhf setup`` puts the bundled model;
+    ``settings``: the fields validated so far (a pydantic default factory's argument)."""
+    return settings["state_dir"] / "models" / BASE_MODEL_NAME
 
 
 class KafkaSettings(BaseSettings):
@@ -58,7 +66,7 @@ class ServiceSettings(BaseSettings):
         description="root of all state: models, spool, checkpoints, policies ($RLHF_STATE_DIR)",
     )
     base_model: Path = Field(
-        default_factory=lambda data: data["state_dir"] / "models" / BASE_MODEL_NAME,
+        default_factory=bundled_model,
         validation_alias="RLHF_BASE_MODEL",
         description="Hugging Face directory of the SFT chat model: policy version 0, the frozen reference "
         "and the reward model's backbone ($RLHF_BASE_MODEL; default <state_dir>/models/" + BASE_MODEL_NAME + ")",

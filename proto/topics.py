@@ -4,17 +4,20 @@ Topic names are ``<prefix><name>`` (prefix ``rlhf.`` by default, so one cluster 
 deployments). Every service reads the broker address and prefix from the same environment variables
 (``RLHF_KAFKA_BOOTSTRAP_SERVERS``, ``RLHF_KAFKA_TOPIC_PREFIX``) through :class:`proto.settings.KafkaSettings`.
 
-Run ``python -m proto.topics`` (console script ``rlhf-topics``) to create any missing topic.
+Run ``python -m proto.topics [--wait 30]`` (console script ``rlhf-topics``) to create any missing topic.
 """
 
-import argparse
+import logging
 import sys
 import time
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from proto import cli
 from proto.settings import KafkaSettings
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -70,22 +73,30 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 10.0) -> list[str]
         admin.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wait", type=float, default=30.0, help="seconds to keep retrying (default 30)")
-    args = parser.parse_args()
-    settings = KafkaSettings()
-    deadline = time.monotonic() + args.wait
-    while True:
-        try:
-            created = ensure_topics(settings)
-            print(f"topics ready on {settings.bootstrap_servers}; created: {created or 'none'}")
-            return
-        except KafkaError as exc:
-            if time.monotonic() >= deadline:
-                print(f"kafka at {settings.bootstrap_servers} not ready: {exc!r}", file=sys.stderr)
-                sys.exit(1)
-            time.sleep(1.0)
+class EnsureTopics(BaseSettings):
+    """Create every missing topic of the loop; exit with status 1 if the broker does not answer in time."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHF_TOPICS_")
+
+    wait: float = Field(30.0, ge=0, description="seconds to keep retrying while the broker does not answer")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="the broker ($RLHF_KAFKA_*)")
+
+    def cli_cmd(self) -> None:
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                created = ensure_topics(self.kafka)
+                print(f"topics ready on {self.kafka.bootstrap_servers}; created: {created or 'none'}")
+                return
+            except KafkaError as exc:
+                if time.monotonic() >= deadline:
+                    print(f"kafka at {self.kafka.bootstrap_servers} not ready: {exc!r}", file=sys.stderr)
+                    sys.exit(1)
+                time.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.run(EnsureTopics, "rlhf-topics", argv, log_level=logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto.http import APIError, install_error_handlers
 from proto.score import ScoreRequest, ScoreResponse
-from proto.settings import KafkaSettings
 from reward_service.model import ContextTooLong
 from reward_service.service import RewardService
 from reward_service.settings import Settings
@@ -92,18 +91,15 @@ def metrics(service: ServiceDep) -> Response:
 
 
 def build_app(
-    settings: Settings | None = None,
-    kafka: KafkaSettings | None = None,
-    on_failure: Callable[[BaseException], None] | None = None,
+    settings: Settings | None = None, on_failure: Callable[[BaseException], None] | None = None
 ) -> FastAPI:
     """The FastAPI app; its lifespan loads the model and starts the stream worker, and stops it on exit.
     ``on_failure``: called with the error that ended the stream worker (see reward_service/worker.py)."""
     settings = settings or Settings()
-    kafka = kafka or KafkaSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = await run_in_threadpool(RewardService, settings, kafka, on_failure)
+        service = await run_in_threadpool(RewardService, settings, settings.kafka, on_failure)
         service.start()
         app.state.service = service
         try:

@@ -13,13 +13,14 @@ of which votes each version trained on stays auditable.
 """
 
 import json
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
+
+from proto.checkpoint import commit_dir, write_atomic
 
 OVERLAY = "overlay.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -55,21 +56,6 @@ class CheckpointState(BaseModel):
     # The ledger: feedback ids first trained into this version (i.e. since ``parent``).
     trained_feedback_ids: list[str] = []
     heldout: HeldOut | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, state: CheckpointState) -> None:
-    with open(path, "w") as f:
-        f.write(state.model_dump_json(indent=1))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class CheckpointStore:
@@ -124,14 +110,8 @@ class CheckpointStore:
         model.save_overlay(tmp / OVERLAY)
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-        for name in (OVERLAY, OPTIMIZER):
-            if (tmp / name).exists():
-                with open(tmp / name, "rb") as f:
-                    os.fsync(f.fileno())
-        _write_json(tmp / STATE, state)
-        _fsync_dir(tmp)
-        os.rename(tmp, final)
-        _fsync_dir(self.root)
+        (tmp / STATE).write_text(state.model_dump_json(indent=1))
+        commit_dir(tmp, final)
         return final
 
     def update_offsets(self, version: int, offsets: dict[str, dict[int, int]]) -> None:
@@ -141,9 +121,7 @@ class CheckpointStore:
         point as the original one; ``state.json`` is replaced atomically.
         """
         state = self.state(version).model_copy(update={"offsets": offsets})
-        tmp = self.path(version) / f".{STATE}.tmp"
-        _write_json(tmp, state)
-        os.replace(tmp, self.path(version) / STATE)
+        write_atomic(self.path(version) / STATE, state.model_dump_json(indent=1))
 
     def load_optimizer_state(self, version: int) -> dict | None:
         """The optimizer ``state_dict`` saved with ``version``, or ``None`` (v0 has none)."""

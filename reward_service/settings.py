@@ -1,35 +1,25 @@
-"""Configuration of the reward service: environment variables ``RLHF_REWARD_<FIELD>``.
+"""Configuration of the reward service: environment variables ``RLHF_REWARD_<FIELD>``, or flags of
+``rlhf-reward``.
 
-The broker address and topic names come from :class:`proto.topics.KafkaSettings` (``RLHF_KAFKA_*``); the
-state directory from ``RLHF_STATE_DIR`` (default ``<repo>/.state``), shared with the other services.
+The shared facts come from :class:`proto.settings.ServiceSettings`: the state directory
+(``RLHF_STATE_DIR``; this service keeps its files in ``<state>/reward``), the base model, whose copy with a
+scalar head is the reward model (``RLHF_BASE_MODEL``), and Kafka (``RLHF_KAFKA_*``).
 """
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from proto.device import DType, check_device
+from proto.settings import ServiceSettings
 from reward_service.identity import DEFAULT_SHARE_FACTOR, DEFAULT_WINDOW_VOTES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
 
-
-class Settings(BaseSettings):
+class Settings(ServiceSettings):
     """Every knob of the reward service, with its default and unit."""
 
-    model_config = SettingsConfigDict(env_prefix="RLHF_REWARD_", extra="ignore", validate_by_name=True)
-
-    # Where things live.
-    state_dir: Path = Field(
-        REPO_ROOT / ".state",
-        validation_alias=AliasChoices("RLHF_STATE_DIR", "RLHF_REWARD_STATE_DIR"),
-        description="project state dir (env RLHF_STATE_DIR); this service keeps its files in <state>/reward",
-    )
-    base_model: Path | None = Field(
-        None, description="SFT model directory; default <state>/models/" + BASE_MODEL_NAME
-    )
+    model_config = SettingsConfigDict(env_prefix="RLHF_REWARD_")
 
     # HTTP.
     host: str = Field("127.0.0.1", description="address to listen on")
@@ -135,12 +125,6 @@ class Settings(BaseSettings):
     @classmethod
     def _check_device(cls, value: str) -> str:
         return check_device(value)
-
-    @model_validator(mode="after")
-    def _default_base_model(self) -> "Settings":
-        if self.base_model is None:
-            self.base_model = self.state_dir / "models" / BASE_MODEL_NAME
-        return self
 
     @property
     def reward_dir(self) -> Path:

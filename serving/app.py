@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proto.http import APIError, ErrorInfo, error_response
-from proto.settings import KafkaSettings
 from serving import admin, errors, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
 from serving.chat import Caller, ChatService
@@ -242,10 +241,9 @@ async def prometheus_metrics(state: State) -> Response:
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = None) -> FastAPI:
+def build_app(settings: Settings | None = None) -> FastAPI:
     """The serving application. The engine starts in the lifespan (≈ 20-30 s on CPU)."""
     settings = settings or Settings()
-    kafka = kafka or KafkaSettings()
     metrics = ServingMetrics()
 
     @asynccontextmanager
@@ -254,7 +252,7 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
         state.settings = settings
         state.metrics = metrics
         state.started_at = int(time.time())
-        state.event_log = EventLog(kafka, settings.data_dir / "spool", metrics)
+        state.event_log = EventLog(settings.kafka, settings.data_dir / "spool", metrics)
         state.event_log.start()
         signer = Signer(load_secret(settings.secret, settings.state_dir / "serving" / "secret"))
         state.auth = Authenticator(settings, signer)
@@ -266,7 +264,8 @@ def build_app(settings: Settings | None = None, kafka: KafkaSettings | None = No
         await state.engine.start()
         state.chat = ChatService(state.engine, state.event_log, signer, settings.feedback_token_ttl_s,
                                  settings.served_model_name, metrics)
-        state.follower = PolicyFollower(kafka, state.engine, settings.model_path, asyncio.get_running_loop())
+        state.follower = PolicyFollower(settings.kafka, state.engine, settings.base_model,
+                                        asyncio.get_running_loop())
         state.follower.start()
         try:
             yield

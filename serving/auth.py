@@ -12,8 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from proto.api_keys import KeyFile
 from proto.http import APIError
-from serving.keys import KeyFile
 from serving.limits import RateLimiter, retry_after
 from serving.settings import Settings
 from serving.signing import Signer

@@ -106,14 +106,14 @@ class PolicyEngine:
     def __init__(self, settings: Settings, metrics: ServingMetrics):
         self.settings = settings
         self.metrics = metrics
-        self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
         # GPT-2-style byte-level BPE writes each byte as one printable character; this maps them back.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         byte_level = backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
         self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()} if byte_level else None
         self.engine: AsyncLLM | None = None
         self.version = 0
-        self.checkpoint_path = Path(settings.model_path)
+        self.checkpoint_path = Path(settings.base_model)
         self._flights: dict[int, _Flight] = {}  # by id() of the flight: request ids need not be unique
         self._idle = asyncio.Condition()
         self._admitting = asyncio.Event()
@@ -123,7 +123,7 @@ class PolicyEngine:
     async def start(self) -> None:
         """Start the engine on the initial policy (blocking the event loop for the load, ~20-30 s on CPU)."""
         args = AsyncEngineArgs(
-            model=str(self.settings.model_path),
+            model=str(self.settings.base_model),
             served_model_name=self.settings.served_model_name,
             dtype=self.settings.dtype,
             max_model_len=self.settings.max_model_len,

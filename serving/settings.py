@@ -1,31 +1,26 @@
-"""Serving configuration, read from the environment (prefix ``RLHF_SERVING_``) by pydantic-settings."""
+"""Serving configuration: environment variables ``RLHF_SERVING_<FIELD>``, or flags of ``rlhf-serve``.
+
+The shared facts (state directory, base model, Kafka) come from :class:`proto.settings.ServiceSettings`
+(``RLHF_STATE_DIR``, ``RLHF_BASE_MODEL``, ``RLHF_KAFKA_*``); the base model is policy version 0.
+"""
 
 import ipaddress
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_state_dir() -> Path:
-    """``$RLHF_STATE_DIR``, or ``<repo>/.state``: where fetched and built state lives."""
-    return Path(os.environ.get("RLHF_STATE_DIR", ROOT / ".state"))
+from proto.api_keys import default_path
+from proto.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
+class Settings(ServiceSettings):
     """Every knob of the serving process. Environment prefix ``RLHF_SERVING_``."""
 
-    model_config = SettingsConfigDict(env_prefix="RLHF_SERVING_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RLHF_SERVING_")
 
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, description="HTTP port.")
-    model_path: Path = Field(
-        default_factory=lambda: default_state_dir() / "models" / "SmolLM2-135M-Instruct",
-        description="Hugging Face directory of the initial policy (policy version 0).",
-    )
     served_model_name: str = Field("smollm2-135m-instruct", description="Name in /v1/models and requests.")
     dtype: str = Field(
         "float32",
@@ -54,7 +49,6 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Longest generation of one request (s); choices unfinished then end with "
         "finish_reason length.")
     kv_cache_gib: int = Field(1, description="KV cache size on CPU (GiB).")
-    state_dir: Path = Field(default_factory=default_state_dir)
     data_dir: Path | None = Field(
         None, description="Serving's own durable data: event spool and current-vote index (default <state>/serving)."
     )
@@ -100,10 +94,10 @@ class Settings(BaseSettings):
         if self.data_dir is None:
             self.data_dir = self.state_dir / "serving"
         if self.api_keys_file is None:
-            self.api_keys_file = self.state_dir / "serving" / "api_keys"
+            self.api_keys_file = default_path(self.state_dir)
         if self.secret is not None and len(self.secret.get_secret_value()) < 32:
             raise ValueError("RLHF_SERVING_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
-        if not (self.model_path / "config.json").exists():
-            raise ValueError(f"no model at {self.model_path} (RLHF_SERVING_MODEL_PATH): run ./rlhf setup, or "
+        if not (self.base_model / "config.json").exists():
+            raise ValueError(f"no model at {self.base_model} (RLHF_BASE_MODEL): run ./rlhf setup, or "
                              "point it at a Hugging Face model directory")
         return self

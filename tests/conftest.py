@@ -19,9 +19,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from loop.processes import Service, free_port, kafka_ctl
 from proto import wire
+from proto.api_keys import KeyFile
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
-from serving.keys import KeyFile
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("RLHF_STATE_DIR", ROOT / ".state"))

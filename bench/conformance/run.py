@@ -38,9 +38,8 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/conformance/run.
     sys.path.insert(0, str(ROOT))
 
 from bench.serving.run import MODEL_NAME, make_service  # noqa: E402
-from proto.settings import KafkaSettings  # noqa: E402
+from proto.settings import KafkaSettings, ServiceSettings  # noqa: E402
 from proto.topics import ensure_topics  # noqa: E402
-from serving.settings import default_state_dir  # noqa: E402
 
 ASK = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
 CITY = [{"role": "user", "content": "Give the name and population of the capital of France."}]
@@ -407,7 +406,7 @@ def main() -> None:
     p.add_argument("--servers", nargs="+", choices=["ours", "vllm"], default=["ours", "vllm"])
     p.add_argument("--cases", nargs="+", help="run only these cases (default: all)")
     p.add_argument("--startup-timeout", type=float, default=400.0, help="per server start (s)")
-    p.add_argument("--model-dir", type=Path, default=default_state_dir() / "models" / "SmolLM2-135M-Instruct")
+    p.add_argument("--model-dir", type=Path, default=ServiceSettings().base_model)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ARGS = p.parse_args()
     servers = list(dict.fromkeys(args.servers))

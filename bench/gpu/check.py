@@ -56,7 +56,6 @@ import torch
 
 from bench.ppo.bench_ppo import PROMPTS
 from bench.reward.run import make_inputs, make_votes
-from learner.config import LearnerConfig
 from learner.model import (
     PolicyWithValueHead,
     ReferenceTop,
@@ -66,8 +65,10 @@ from learner.model import (
     load_tokenizer,
 )
 from learner.rollout import Rollout
+from learner.settings import LearnerConfig
 from learner.trainer import PPOTrainer
 from proto.device import autocast
+from proto.settings import ServiceSettings
 from reward_service.checkpoint import CheckpointStore
 from reward_service.metrics import RewardMetrics
 from reward_service.model import ChatEncoder, load_reward_model
@@ -152,7 +153,7 @@ def ppo_ours(
     batch, minibatch, micro = size
     cfg = LearnerConfig(
         state_dir=scratch / "learner",
-        init_model=model,
+        base_model=model,
         device=device.type,
         dtype=dtype,
         batch_size=batch,
@@ -451,7 +452,7 @@ def main() -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        default=Path(os.environ.get("RLHF_STATE_DIR", ROOT / ".state")) / "models" / "SmolLM2-135M-Instruct",
+        default=ServiceSettings().base_model,
         help="HF model directory (weights optional: without them, random weights of its architecture)",
     )
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")

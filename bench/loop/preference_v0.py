@@ -28,9 +28,8 @@ from loop.preference import PREFERENCES, distinct_trigram_ratio
 from loop.processes import Service, free_port
 from loop.report import wilson
 from loop.users import load_prompts
-from proto.settings import KafkaSettings
+from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
-from serving.settings import default_state_dir
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = "smollm2-135m-instruct"
@@ -61,7 +60,7 @@ def collect(n: int, budgets: list[int], concurrency: int, seed: int) -> list[dic
     work = Path(tempfile.mkdtemp(prefix="preference-v0-"))
     env = {"RLHF_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "RLHF_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
            "RLHF_STATE_DIR": str(work), "HF_HUB_OFFLINE": "1",
-           "RLHF_SERVING_MODEL_PATH": str(default_state_dir() / "models" / "SmolLM2-135M-Instruct")}
+           "RLHF_BASE_MODEL": str(ServiceSettings().base_model)}
     serving = Service("serving.cli", free_port(), env, work / "serving.log")
     prompts = load_prompts()
     rng = random.Random(seed)

@@ -57,10 +57,9 @@ from loop.report import fmt_rate, wilson
 from loop.users import load_prompts
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
-from proto.settings import KafkaSettings
+from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 from reward_service.checkpoint import CheckpointStore
-from reward_service.settings import Settings
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SENTENCES = [
@@ -157,11 +156,11 @@ def run_arm(name: str, turns, clean, preference: Preference, honest: int, args, 
         env = {
             "RLHF_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "RLHF_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-            "RLHF_STATE_DIR": str(state), "RLHF_REWARD_BASE_MODEL": str(Settings().base_model),
+            "RLHF_STATE_DIR": str(state), "RLHF_BASE_MODEL": str(ServiceSettings().base_model),
             **{f"RLHF_REWARD_{k.upper()}": str(v) for k, v in settings.items()},
         }
         log_path = RESULTS / f"poison-{name}-reward.log"
-        service = Service("reward_service.cli", free_port(), env, log_path).start("/readyz")
+        service = Service("reward_service.cli", free_port(), env, log_path, args=["serve"]).start("/readyz")
         started = time.monotonic()
         try:
             checkpoints = CheckpointStore(state / "reward" / "checkpoints")

@@ -224,11 +224,11 @@ def prepare_batch(spec: dict) -> dict:
     """Sample one response per prompt from the bundled model and record its behaviour log-probs."""
     import torch
 
-    from learner.config import bundled_model
     from learner.model import chat_prompt_ids, generate, load_lm, load_tokenizer, pack, response_logits
     from learner.ppo import logprobs_of
+    from proto.settings import ServiceSettings
 
-    model_dir = bundled_model()
+    model_dir = ServiceSettings().base_model
     tokenizer, lm = load_tokenizer(model_dir), load_lm(model_dir, trainable=False)
     messages = [[{"role": "user", "content": p}] for p in PROMPTS[: spec["events"]]]
     prompts = [chat_prompt_ids(tokenizer, m) for m in messages]
@@ -407,7 +407,10 @@ def run_learner(spec: dict) -> dict:
         from learner import service as loop
     except ImportError:  # the old side's commit predates the rename of learner/loop.py
         from learner import loop
-    from learner.config import LearnerConfig
+    try:
+        from learner.settings import LearnerConfig
+    except ImportError:  # the old side's commit predates the rename of learner/config.py
+        from learner.config import LearnerConfig
     from proto.settings import KafkaSettings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -421,7 +424,8 @@ def run_learner(spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-ppo-{spec['side']}-") as state:
         settings = {
             "state_dir": Path(state),
-            "init_model": Path(spec["model"]),
+            # the old side's commit named the base model init_model
+            "init_model" if old else "base_model": Path(spec["model"]),
             "reward_url": spec["reward_url"],
             "metrics_port": 0,
             "group_id": f"bench-ppo-{uuid.uuid4().hex[:8]}",
@@ -807,9 +811,9 @@ def main() -> None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch loads here (the score server)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from learner.config import bundled_model
+    from proto.settings import ServiceSettings
 
-    model = bundled_model()
+    model = ServiceSettings().base_model
     started = datetime.now(UTC)
     stamp = f"{started:%Y%m%dT%H%M%SZ}"
     RESULTS.mkdir(parents=True, exist_ok=True)

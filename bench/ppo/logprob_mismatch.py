@@ -29,12 +29,13 @@ def measure(dtype: str, max_tokens: int) -> dict:
     import torch
     from vllm import LLM, SamplingParams
 
-    from learner.config import PROMPTS, bundled_model
     from learner.gates import load_prompts
     from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, response_logits
     from learner.ppo import logprobs_of
+    from learner.settings import PROMPTS
+    from proto.settings import ServiceSettings
 
-    model = bundled_model()
+    model = ServiceSettings().base_model
     tokenizer = load_tokenizer(model)
     prompts = [chat_prompt_ids(tokenizer, m) for m in load_prompts(PROMPTS / "heldout.jsonl")]
     llm = LLM(model=str(model), dtype=dtype, enforce_eager=True, max_model_len=1024, seed=0)

@@ -29,9 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from loop.processes import Service, free_port
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
-from proto.settings import KafkaSettings
+from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
-from reward_service.settings import Settings
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORDS = "the a model answer is of to and in that it for you can this with be on as are at by".split()
@@ -106,10 +105,10 @@ def main() -> None:
             "RLHF_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "RLHF_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
             "RLHF_STATE_DIR": state,
-            "RLHF_REWARD_BASE_MODEL": str(Settings().base_model),
+            "RLHF_BASE_MODEL": str(ServiceSettings().base_model),
             "RLHF_REWARD_HELDOUT_FRACTION": str(args.heldout_fraction),
         }
-        service = Service("reward_service.cli", free_port(), env, Path(state) / "reward.log")
+        service = Service("reward_service.cli", free_port(), env, Path(state) / "reward.log", args=["serve"])
         producer = KafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True, acks="all"
         )

@@ -57,10 +57,9 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/serving/run.py`
     sys.path.insert(0, str(ROOT))
 
 from loop.processes import Service, free_port  # noqa: E402
-from proto.settings import KafkaSettings  # noqa: E402
+from proto.api_keys import KeyFile  # noqa: E402
+from proto.settings import KafkaSettings, ServiceSettings, state_dir  # noqa: E402
 from proto.topics import ensure_topics  # noqa: E402
-from serving.keys import KeyFile  # noqa: E402
-from serving.settings import default_state_dir  # noqa: E402
 
 MODEL_NAME = "smollm2-135m-instruct"
 # One set of engine settings for both servers.
@@ -103,7 +102,7 @@ def make_service(name: str, args, logs: Path, data_dir: Path,
                  topic_prefix: str) -> tuple[Service, str, dict[str, str]]:
     """The Service for ``name`` (``ours`` or ``vllm``), the path that answers 200 once it is ready, and the
     headers that authenticate a client (ours: a fresh API key; plain vLLM ignores them)."""
-    env = engine_env(default_state_dir())
+    env = engine_env(state_dir())
     log = logs / f"{name}.log"
     keys = data_dir / "api_keys"
     headers = {"Authorization": f"Bearer {KeyFile(keys).add('bench')}"}
@@ -113,7 +112,7 @@ def make_service(name: str, args, logs: Path, data_dir: Path,
             # this measures the engine, not the per-user limits: one bench user sends every request
             "RLHF_SERVING_CHAT_PER_MINUTE": "1000000",
             "RLHF_SERVING_MAX_STREAMS_PER_USER": "1024",
-            "RLHF_SERVING_MODEL_PATH": str(args.model_dir),
+            "RLHF_BASE_MODEL": str(args.model_dir),
             "RLHF_SERVING_SERVED_MODEL_NAME": MODEL_NAME,
             "RLHF_SERVING_DTYPE": DTYPE,
             "RLHF_SERVING_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
@@ -335,7 +334,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="alternate the servers this many times")
     p.add_argument("--timeout", type=float, default=300.0, help="per request (s)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="per server start (s)")
-    p.add_argument("--model-dir", type=Path, default=default_state_dir() / "models" / "SmolLM2-135M-Instruct")
+    p.add_argument("--model-dir", type=Path, default=ServiceSettings().base_model)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     servers = list(dict.fromkeys(args.servers))

@@ -27,12 +27,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loop.processes import ROOT, Service, free_port
 from proto import topics, wire
+from proto.api_keys import KeyFile
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.policy_store import weights_sha256
-from proto.settings import KafkaSettings
+from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
-from serving.keys import KeyFile
-from serving.settings import default_state_dir
 
 MODEL = "smollm2-135m-instruct"
 RESULTS = ROOT / "bench" / "results"
@@ -86,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = RESULTS / f"swap-{stamp}"
-    base = default_state_dir() / "models" / "SmolLM2-135M-Instruct"
+    base = ServiceSettings().base_model
     perturbed = work / "perturbed"
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     with torch.no_grad():
@@ -127,7 +126,7 @@ def main() -> None:
             # The peer: restart serving on other weights under the same load.
             serving.stop()
             down_at = time.monotonic()
-            serving.env["RLHF_SERVING_MODEL_PATH"] = str(perturbed)
+            serving.env["RLHF_BASE_MODEL"] = str(perturbed)
             serving.start("/readyz", 600)
             restart_down_s = time.monotonic() - down_at
             time.sleep(5)

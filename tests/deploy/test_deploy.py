@@ -266,7 +266,7 @@ def test_alert_rules_are_documented():
 
 
 def test_scrape_targets_match_service_ports():
-    from learner.config import LearnerConfig
+    from learner.settings import LearnerConfig
     from reward_service.settings import Settings as RewardSettings
     from serving.settings import Settings as ServingSettings
 

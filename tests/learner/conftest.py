@@ -17,13 +17,13 @@ import uvicorn
 from fastapi import FastAPI
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from learner.config import LearnerConfig
 from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, response_logits
 from learner.ppo import logprobs_of
+from learner.settings import LearnerConfig
 from proto import topics, wire
 from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
 from proto.score import ScoreRequest, ScoreResponse
-from proto.settings import KafkaSettings
+from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 
 # Prompts and canned replies; the replies' log-probs come from the real model, so they are genuine
@@ -172,6 +172,7 @@ def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **override
     )
     settings = dict(
         state_dir=state_dir,
+        base_model=ServiceSettings().base_model,  # the environment's, not one under this state_dir
         reward_url=reward_url,
         metrics_port=0,
         group_id=f"learner-{uuid.uuid4().hex[:6]}",
@@ -192,3 +193,11 @@ def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **override
     )
     settings.update(overrides)
     return LearnerConfig(**settings)
+
+
+def learner_env(cfg: LearnerConfig) -> dict[str, str]:
+    """The environment variables that make ``python -m learner.cli ppo`` build ``cfg`` (Kafka's are
+    ``tests.conftest.kafka_env``): ``RLHF_STATE_DIR``, ``RLHF_BASE_MODEL`` and ``RLHF_LEARNER_<FIELD>``."""
+    own = cfg.model_dump(exclude_none=True, exclude=set(ServiceSettings.model_fields))
+    return {"RLHF_STATE_DIR": str(cfg.state_dir), "RLHF_BASE_MODEL": str(cfg.base_model),
+            **{f"RLHF_LEARNER_{k.upper()}": str(v) for k, v in own.items()}}

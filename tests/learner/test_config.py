@@ -2,7 +2,7 @@
 
 import pytest
 
-from learner.config import LearnerConfig
+from learner.settings import LearnerConfig
 
 
 @pytest.mark.parametrize(

@@ -26,13 +26,13 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from learner import distributed
-from learner.config import LearnerConfig
 from learner.distributed import Ranks
 from learner.model import PolicyWithValueHead, ReferenceTop, load_lm
 from learner.rollout import Rollout
+from learner.settings import LearnerConfig
 from learner.trainer import PPOTrainer
 from tests.conftest import ROOT, kafka_env
-from tests.learner.conftest import committed_offset, produce, score_rule, small_config
+from tests.learner.conftest import committed_offset, learner_env, produce, score_rule, small_config
 
 WORLD = 2
 TOLERANCE = 1e-6
@@ -145,11 +145,6 @@ def test_restarts_over_torchruns_shared_store_are_refused(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def _env(cfg) -> dict[str, str]:
-    settings = cfg.model_dump(exclude_none=True)
-    return {f"RLHF_LEARNER_{k.upper()}": str(v) for k, v in settings.items()}
-
-
 def _rank_pid(parent: int, rank: int) -> int | None:
     """PID of torchrun's worker ``rank`` (a child of ``parent`` with ``RANK=<rank>`` in its environment)."""
     children = subprocess.run(
@@ -181,7 +176,8 @@ def test_kill_9_of_a_rank_is_recovered_by_torchrun(tmp_path, fresh_kafka, scorer
     )
     # A fresh rendezvous store per restart (see learner/distributed.py: the shared one keeps the killed
     # ranks' addresses).
-    env = {**os.environ, **kafka_env(fresh_kafka), **_env(cfg), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = {**os.environ, **kafka_env(fresh_kafka), **learner_env(cfg),
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
         "--max-restarts", "1", "-m", "learner.cli", "ppo",

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from learner import ppo
-from learner.config import LearnerConfig
 from learner.model import pack
+from learner.settings import LearnerConfig
 from learner.sft import response_only_loss
 
 approx = lambda x: pytest.approx(x, abs=1e-5)  # noqa: E731

@@ -1,7 +1,7 @@
 """The gates' prompts are never among the simulated users' prompts: the gates measure generalisation."""
 
-from learner.config import LearnerConfig
 from learner.gates import load_prompts
+from learner.settings import LearnerConfig
 from loop.users import load_prompts as users_prompts
 
 

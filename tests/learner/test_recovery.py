@@ -9,12 +9,7 @@ import time
 
 from proto import topics
 from tests.conftest import ROOT, kafka_env
-from tests.learner.conftest import committed_offset, produce, small_config
-
-
-def _env(cfg) -> dict[str, str]:
-    settings = cfg.model_dump(exclude_none=True)
-    return {f"RLHF_LEARNER_{k.upper()}": str(v) for k, v in settings.items()}
+from tests.learner.conftest import committed_offset, learner_env, produce, small_config
 
 
 def test_kill_9_and_restart_neither_loses_nor_double_counts(tmp_path, fresh_kafka, scorer, make_interactions):
@@ -29,7 +24,7 @@ def test_kill_9_and_restart_neither_loses_nor_double_counts(tmp_path, fresh_kafk
         publish_every=1000,
         keep_checkpoints=5,
     )
-    env = {**os.environ, **kafka_env(fresh_kafka), **_env(cfg)}
+    env = {**os.environ, **kafka_env(fresh_kafka), **learner_env(cfg)}
     command = [sys.executable, "-m", "learner.cli", "ppo"]
     checkpoints = cfg.checkpoint_dir
     log = open(tmp_path / "learner.log", "ab")

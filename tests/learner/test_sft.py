@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from learner.config import SFTConfig
 from learner.model import load_lm, load_tokenizer
+from learner.settings import SFTConfig
 from learner.sft import encode, read_demonstrations, response_only_loss, train
 
 DEMOS = [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from loop.preference import ConciseAndClean, PREFERENCES, Verbose
+from loop.preference import PREFERENCES, ConciseAndClean, Verbose
 from loop.users import UserStats
 
 

@@ -7,7 +7,7 @@ that machine would: only the resolution logic is under test, no tensor goes anyw
 import pytest
 import torch
 
-from learner.config import LearnerConfig
+from learner.settings import LearnerConfig
 from proto.device import autocast, check_device, resolve_device
 from reward_service.settings import Settings as RewardSettings
 

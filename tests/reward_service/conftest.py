@@ -66,10 +66,10 @@ def reward_service(
     env = {
         **kafka_env(kafka),
         "RLHF_STATE_DIR": str(state_dir),
-        "RLHF_REWARD_BASE_MODEL": str(model_dir),
+        "RLHF_BASE_MODEL": str(model_dir),
         **{f"RLHF_REWARD_{k.upper()}": str(v) for k, v in settings.items()},
     }
-    return Service("reward_service.cli", free_port(), env, log_path)
+    return Service("reward_service.cli", free_port(), env, log_path, args=["serve"])
 
 
 def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float | None:

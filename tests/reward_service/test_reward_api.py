@@ -22,8 +22,9 @@ def client(model_dir, kafka_settings, tmp_path_factory):
         base_model=model_dir,
         max_batch_size=4,
         max_context_tokens=96,
+        kafka=fresh_topics(kafka_settings, "api"),
     )
-    app = build_app(settings, fresh_topics(kafka_settings, "api"))
+    app = build_app(settings)
     with TestClient(app) as client:
         deadline = time.monotonic() + 60
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:

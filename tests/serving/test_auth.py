@@ -23,7 +23,7 @@ from openai import OpenAI
 
 from loop.processes import Service, free_port
 from proto import events_pb2
-from serving.keys import KeyFile, digest
+from proto.api_keys import KeyFile, digest
 from serving.signing import Signer
 from tests.conftest import ROOT, TopicReader, kafka_env
 from tests.serving.conftest import MODEL, SECRET, auth
@@ -84,8 +84,9 @@ def test_keys_are_required_by_default(replica, broker):
 
 
 def test_a_key_made_with_the_cli_works_at_once_and_is_stored_hashed(replica, broker, keys_file):
-    made = subprocess.run([sys.executable, "-m", "serving.keys", "--file", str(keys_file), "add", "carol"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        [sys.executable, "-m", "serving.keys", "--api-keys-file", str(keys_file), "add", "carol"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
     key = made.stdout.strip()
     assert key.startswith("rlhf-") and len(key) > 40
     stored = keys_file.read_text()

@@ -1,8 +1,10 @@
 """The learner's settings: one typed model per command, each field with its default and where it comes from.
 
 Values come from, in rising priority: the defaults below, environment variables (``RLHF_LEARNER_<FIELD>``
-for PPO, ``RLHF_LEARNER_SFT_<FIELD>`` for SFT), and command-line flags (``--batch-size 4``). Kafka's
-address and topic prefix are :class:`proto.topics.KafkaSettings` (``RLHF_KAFKA_*``), shared by all services.
+for PPO, ``RLHF_LEARNER_SFT_<FIELD>`` for SFT), and command-line flags (``--batch-size 4``, proto/cli.py).
+The shared facts come from :class:`proto.settings.ServiceSettings`: the state directory (``RLHF_STATE_DIR``),
+the base model, which is policy version 0 and the frozen reference (``RLHF_BASE_MODEL``), and Kafka
+(``RLHF_KAFKA_*``).
 
 Batch sizes: one iteration trains on every fresh usable response waiting, at least ``min_batch_size`` and
 at most ``batch_size`` (live traffic arrives unevenly: a fixed batch would leave the rest to go stale),
@@ -11,46 +13,29 @@ those into micro-batches of ``micro_batch_size`` (one forward/backward each). Th
 at construction, and a ``ValueError`` says which constraint fails.
 """
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from proto.device import DType, check_device
+from proto.settings import ServiceSettings
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 
-def default_state_dir() -> Path:
-    """``$RLHF_STATE_DIR``, else ``<repo>/.state``: where models, checkpoints and policies live."""
-    return Path(os.environ.get("RLHF_STATE_DIR", REPO / ".state"))
+class LearnerConfig(ServiceSettings):
+    """PPO learner settings (environment prefix ``RLHF_LEARNER_``).
 
+    From the base: ``state_dir`` holds the learner's checkpoints (``<state>/learner``) and the policy store
+    (``<state>/policies``); ``base_model`` is policy version 0 and the frozen reference (Ouyang et al. 2022
+    §3.5: PPO starts from, and is penalised toward, the SFT model).
+    """
 
-def bundled_model() -> Path:
-    """The bundled SFT chat model (policy version 0), as the install step converted it."""
-    return default_state_dir() / "models" / "SmolLM2-135M-Instruct"
-
-
-class LearnerConfig(BaseSettings):
-    """PPO learner settings (environment prefix ``RLHF_LEARNER_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="RLHF_LEARNER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RLHF_LEARNER_")
 
     # --- where things are ---------------------------------------------------------------------------
-    state_dir: Path = Field(
-        default_factory=default_state_dir,
-        description="root of the learner's checkpoints "
-        "(<state>/learner) and the policy store (<state>/policies); $RLHF_STATE_DIR",
-    )
-    init_model: Path = Field(
-        default_factory=bundled_model,
-        description="the SFT model: policy version 0 and "
-        "the frozen reference (Ouyang et al. 2022 §3.5: PPO starts from, and is "
-        "penalised toward, the SFT model)",
-    )
     policy_store: str | None = Field(
         None,
         description="checkpoint store URI for published policies; default "
@@ -311,14 +296,14 @@ class LearnerConfig(BaseSettings):
         return self.policy_store or (self.state_dir / "policies").resolve().as_uri()
 
 
-class SFTConfig(BaseSettings):
-    """Supervised fine-tuning settings (environment prefix ``RLHF_LEARNER_SFT_``)."""
+class SFTConfig(ServiceSettings):
+    """Supervised fine-tuning settings (environment prefix ``RLHF_LEARNER_SFT_``); the model fine-tuned is
+    the base's ``base_model`` (``RLHF_BASE_MODEL``)."""
 
-    model_config = SettingsConfigDict(env_prefix="RLHF_LEARNER_SFT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RLHF_LEARNER_SFT_")
 
     data: Path = Field(description="JSONL of demonstrations, see learner/sft.py")
     output_dir: Path = Field(description="where the fine-tuned HF model directory is written")
-    base_model: Path = Field(default_factory=bundled_model, description="model to fine-tune")
     epochs: int = Field(
         2,
         ge=1,

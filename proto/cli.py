@@ -1,0 +1,31 @@
+"""One command-line style for every service and tool: pydantic-settings' ``CliApp`` over the settings classes.
+
+A command is a settings class with a ``cli_cmd`` method; a program with several commands is a class whose
+fields are ``CliSubCommand[...]`` (``rlhf-learner ppo|sft``, ``rlhf-reward serve|curve``). Every field of a
+command is a flag in kebab case (``--batch-size 4``; booleans as ``--train``/``--no-train``; nested
+settings as ``--kafka.topic-prefix``) and ``--help`` lists them all with their descriptions and defaults.
+A value comes from, in rising priority: the field's default, its environment variable, the flag.
+"""
+
+import logging
+import sys
+
+from pydantic_settings import BaseSettings, CliApp, CliSettingsSource
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def run(
+    command: type[BaseSettings], prog: str, argv: list[str] | None = None, log_level: int = logging.INFO
+) -> BaseSettings:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``command``, send log lines of ``log_level`` and above
+    to stderr, and run its ``cli_cmd``; returns the command's settings.
+
+    ``prog`` is the program name ``--help`` shows. A bad flag or value prints the usage and exits with
+    status 2 (argparse's convention); a value that fails validation raises ``pydantic.ValidationError``.
+    """
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    # case_sensitive=False: the shared settings' aliases (RLHF_STATE_DIR) become lower-case flags too
+    source = CliSettingsSource(command, cli_prog_name=prog, cli_kebab_case=True, cli_implicit_flags=True,
+                               case_sensitive=False)
+    return CliApp.run(command, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=source)
