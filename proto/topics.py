@@ -9,11 +9,9 @@ Run ``python -m proto.topics`` (console script ``rlhf-topics``) to create any mi
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError
 
 from proto.settings import KafkaSettings
 
@@ -71,21 +69,18 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 10.0) -> list[str]
 
 
 def main() -> None:
+    from proto.kafka import RETRIED, call_with_retry  # here: proto.kafka imports this module's topic names
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to keep retrying (default 30)")
     args = parser.parse_args()
     settings = KafkaSettings()
-    deadline = time.monotonic() + args.wait
-    while True:
-        try:
-            created = ensure_topics(settings)
-            print(f"topics ready on {settings.bootstrap_servers}; created: {created or 'none'}")
-            return
-        except KafkaError as exc:
-            if time.monotonic() >= deadline:
-                print(f"kafka at {settings.bootstrap_servers} not ready: {exc!r}", file=sys.stderr)
-                sys.exit(1)
-            time.sleep(1.0)
+    try:
+        created = call_with_retry(ensure_topics, settings, what="creating topics", give_up_after_s=args.wait)
+    except RETRIED as exc:
+        print(f"kafka at {settings.bootstrap_servers} not ready: {exc!r}", file=sys.stderr)
+        sys.exit(1)
+    print(f"topics ready on {settings.bootstrap_servers}; created: {created or 'none'}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from pydantic import BaseModel
 
 from learner.config import LearnerConfig
@@ -23,6 +23,7 @@ from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, respon
 from learner.ppo import logprobs_of
 from proto import topics, wire
 from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
+from proto.kafka import idempotent_producer, read_topic
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
 
@@ -134,9 +135,7 @@ def make_interactions(model_dir):
 
 def produce(settings: KafkaSettings, events: list) -> None:
     """Put ``events`` on the interactions topic, acknowledged by the broker."""
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = idempotent_producer(settings, "test-learner")
     for e in events:
         producer.send(settings.topic(topics.INTERACTIONS), key=wire.key_of(e), value=wire.encode(e))
     producer.flush()
@@ -145,18 +144,7 @@ def produce(settings: KafkaSettings, events: list) -> None:
 
 def read_policy_records(settings: KafkaSettings) -> list:
     """Every PolicyVersion record on the policy topic, in order."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=2000,
-    )
-    tp = TopicPartition(settings.topic(topics.POLICY), 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    records = [wire.decode(topics.POLICY, r.value) for r in consumer]
-    consumer.close()
-    return records
+    return [record for _, record in read_topic(settings, topics.POLICY, "test-learner")]
 
 
 def committed_offset(settings: KafkaSettings, group_id: str) -> int | None:
