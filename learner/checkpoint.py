@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from learner.model import PolicyWithValueHead
 from proto.checkpoint import commit_dir
+from proto.kafka import Offsets, offsets_from_json
 
 PREFIX = "iter-"
 TRAINED = "trained.safetensors"
@@ -46,7 +47,8 @@ class PendingPublication:
 class LearnerState:
     """Everything besides tensors that a restart needs to continue exactly where the checkpoint was.
 
-    ``offsets``: next offset to read per ``"<topic>:<partition>"``. ``parent_version``: the policy version
+    ``offsets``: next offset to read per topic and partition (``proto.kafka.Offsets``; the flat
+    ``"<topic>:<partition>"`` keys of older checkpoints are read too). ``parent_version``: the policy version
     the learner's weights descend from (the last one promoted, or the one it started from).
     ``baseline_answers``: that version's greedy answers on the held-out prompts, re-scored against each
     candidate's so both are judged by the same reward-model version. ``response_ids``: the events trained
@@ -63,7 +65,7 @@ class LearnerState:
     iteration: int = 0
     kl_coef: float = 0.0
     parent_version: int = 0
-    offsets: dict[str, int] = field(default_factory=dict)
+    offsets: Offsets = field(default_factory=dict)
     events_consumed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     baseline_answers: list[list[str]] | None = None
@@ -79,7 +81,8 @@ class LearnerState:
     @classmethod
     def from_json(cls, data: dict) -> "LearnerState":
         pending = data.pop("pending", None)
-        return cls(**data, pending=PendingPublication(**pending) if pending else None)
+        offsets = offsets_from_json(data.pop("offsets", {}))
+        return cls(**data, offsets=offsets, pending=PendingPublication(**pending) if pending else None)
 
 
 def save(

@@ -38,7 +38,7 @@ class PPOCommand(LearnerConfig):
     def cli_cmd(self) -> None:
         from learner import distributed
         from learner.service import Learner, run_worker
-        from proto.retry import call_with_retry
+        from proto.kafka import call_with_retry
         from proto.topics import ensure_topics
 
         ranks, device = distributed.start(self.device, self.rank_wait_timeout_s)

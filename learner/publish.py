@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from proto import policy_store, topics, wire
 from proto.checkpoint import commit_dir
 from proto.events_pb2 import PolicyVersion
+from proto.kafka import call_with_retry, idempotent_producer, read_policy
 from proto.policy_log import PolicyLog
-from proto.retry import call_with_retry
 from proto.settings import KafkaSettings
 
 _log = logging.getLogger(__name__)
@@ -111,11 +111,13 @@ def open_store(uri: str) -> PolicyStore:
 
 
 class PolicyTopic:
-    """Reads and appends version records on the compacted policy topic (idempotent producer, acks=all).
+    """Reads and appends version records on the compacted policy topic (``proto.kafka``: its whole-topic
+    read and idempotent producer, acks=all).
 
-    Reads and appends are retried with backoff while the broker is unreachable (proto/retry.py), until they
-    succeed or ``stop`` is set (then the last error is raised). A retried append may write its record
-    twice; both are the same record under the same key, which the topic's fold (PolicyLog) counts once.
+    Reads and appends are retried with backoff while the broker is unreachable (the shared retry policy),
+    until they succeed or ``stop`` is set (then the last error is raised). A retried append may write its
+    record twice; both are the same record under the same key, which the topic's fold (PolicyLog) counts
+    once.
     """
 
     def __init__(self, settings: KafkaSettings, stop: threading.Event | None = None):
@@ -129,31 +131,7 @@ class PolicyTopic:
 
         Each try that does not reach the end within ``timeout_s`` (``TimeoutError``) is retried too.
         """
-        return call_with_retry(self._read, timeout_s, log=_log, what="reading the policy topic", stop=self._stop)
-
-    def _read(self, timeout_s: float) -> PolicyLog:
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
-        try:
-            parts = [
-                TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())
-            ]
-            if not parts:
-                raise RuntimeError(f"topic {self.topic} does not exist (run rlhf-topics)")
-            consumer.assign(parts)
-            consumer.seek_to_beginning()
-            ends = consumer.end_offsets(parts)
-            log = PolicyLog()
-            polls = int(timeout_s / 0.5)
-            while any(consumer.position(tp) < ends[tp] for tp in parts):
-                if polls == 0:
-                    raise TimeoutError(f"could not read {self.topic} to its end in {timeout_s} s")
-                polls -= 1
-                for batch in consumer.poll(timeout_ms=500).values():
-                    for rec in batch:
-                        log.apply(rec.key, wire.decode(topics.POLICY, rec.value))
-            return log
-        finally:
-            consumer.close()
+        return read_policy(self.settings, "rlhf-learner-policy", self._stop, timeout_s)
 
     def publish(self, record: PolicyVersion, timeout_s: float = 30.0) -> None:
         """Append ``record`` keyed by its version; returns once the broker acknowledged it (acks=all).
@@ -163,12 +141,7 @@ class PolicyTopic:
 
     def _publish(self, record: PolicyVersion, timeout_s: float) -> None:
         if self._producer is None:
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                client_id="rlhf-learner-policy",
-            )
+            self._producer = idempotent_producer(self.settings, "rlhf-learner-policy")
         try:
             self._producer.send(self.topic, key=wire.key_of(record), value=wire.encode(record)).get(
                 timeout=timeout_s

@@ -6,12 +6,12 @@ the earliest), hands out exactly ``n`` usable events per batch, and reports the 
 event it handed out. Offsets are committed to the group only after a checkpoint holding them is on disk, so
 after a crash the learner re-reads precisely the events whose training was lost.
 
-The partitions are assigned explicitly rather than through group rebalancing: PPO is one synchronous
-consumer of its batch (data-parallel ranks share one reader), and a restarted learner must not wait for the
-group coordinator to expire the killed member before it may read. The group still holds the committed
-offsets, so lag shows up in the usual Kafka tooling.
+The partitions are assigned explicitly rather than through group rebalancing
+(``proto.kafka.AssignedConsumer``): PPO is one synchronous consumer of its batch (data-parallel ranks share
+one reader), and a restarted learner must not wait for the group coordinator to expire the killed member
+before it may read. The group still holds the committed offsets, so lag shows up in the usual Kafka tooling.
 
-Every Kafka call goes through the shared retry policy (proto/retry.py): during a broker outage the
+Every Kafka call goes through the shared retry policy (``proto.kafka``): during a broker outage the
 reader waits and retries with backoff instead of failing the learner's iteration. An offset commit is
 retried for ``COMMIT_GIVE_UP_S`` and then skipped with a warning: resuming reads the checkpoint's offsets,
 not the group's, so a skipped commit only delays what lag monitoring shows until the next one.
@@ -22,12 +22,9 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
-
 from proto import topics, wire
 from proto.events_pb2 import Interaction
-from proto.retry import RETRIED, call_with_retry
+from proto.kafka import RETRIED, AssignedConsumer, Offsets
 from proto.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -55,11 +52,6 @@ class Rollout:
     behaviour_logprobs: list[float] | None = None
 
 
-def offsets_key(tp: TopicPartition) -> str:
-    """How a partition's offset is keyed in a checkpoint: ``"<topic>:<partition>"``."""
-    return f"{tp.topic}:{tp.partition}"
-
-
 @dataclass
 class Batch:
     """A batch of accepted events plus what was skipped on the way (reason → count)."""
@@ -79,41 +71,16 @@ class InteractionReader:
         self,
         settings: KafkaSettings,
         group_id: str,
-        offsets: dict[str, int],
+        offsets: Offsets,
         stop: threading.Event | None = None,
     ):
-        self.topic = settings.topic(topics.INTERACTIONS)
-        self._stop = stop
-        self.consumer = self._retry(
-            KafkaConsumer,
-            what="connecting to Kafka",
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id="rlhf-learner",
+        self.consumer = AssignedConsumer(
+            settings, [topics.INTERACTIONS], "rlhf-learner", group_id, offsets, start="committed", stop=stop
         )
-        parts = self._retry(self.consumer.partitions_for_topic, self.topic, what="reading partitions")
-        if not parts:
-            raise RuntimeError(f"topic {self.topic} does not exist (run rlhf-topics)")
-        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        self.consumer.assign(self.partitions)
-        for tp in self.partitions:
-            if offsets_key(tp) in offsets:
-                self.consumer.seek(tp, offsets[offsets_key(tp)])
-            # otherwise the consumer starts from the group's committed offset, or the earliest one
         self._buffer: deque = deque()
         # Position just past the last event handed out, per partition: what a checkpoint records.
-        self._consumed = {
-            offsets_key(tp): self._retry(self.consumer.position, tp, what="reading positions")
-            for tp in self.partitions
-        }
-        self._start = dict(self._consumed)
-
-    def _retry(self, fn, *args, what: str, give_up_after_s: float | None = None, **kwargs):
-        return call_with_retry(
-            fn, *args, log=log, what=what, stop=self._stop, give_up_after_s=give_up_after_s, **kwargs
-        )
+        self._consumed = self.consumer.positions()
+        self._start = self.consumer.positions()
 
     def next_batch(
         self, n_min: int, n_max: int, reject, poll_timeout_s: float = 1.0, should_stop=lambda: False
@@ -133,11 +100,7 @@ class InteractionReader:
                     return None
                 waiting = len(events) < n_min
                 try:
-                    polled = self._retry(
-                        self.consumer.poll,
-                        timeout_ms=int(poll_timeout_s * 1000) if waiting else 0,
-                        what="polling interactions",
-                    )
+                    polled = self.consumer.poll(timeout_ms=int(poll_timeout_s * 1000) if waiting else 0)
                 except RETRIED:
                     if should_stop():  # stopped while retrying: like any stop while waiting
                         return None
@@ -148,7 +111,7 @@ class InteractionReader:
                     break
                 continue
             record = self._buffer.popleft()
-            self._consumed[offsets_key(TopicPartition(record.topic, record.partition))] = record.offset + 1
+            self._consumed[record.topic][record.partition] = record.offset + 1
             try:
                 event = wire.decode(topics.INTERACTIONS, record.value)
             except wire.MalformedEvent:
@@ -161,50 +124,40 @@ class InteractionReader:
             events.append(event)
         return Batch(events, dropped)
 
-    def rewind(self, offsets: dict[str, int]) -> None:
+    def rewind(self, offsets: Offsets) -> None:
         """Forget what was handed out since ``offsets`` (a checkpoint's; where it has no partition, the
         position this reader started from) and read from there again."""
         self._buffer.clear()
-        for tp in self.partitions:
-            key = offsets_key(tp)
-            self._consumed[key] = offsets.get(key, self._start[key])
-            self.consumer.seek(tp, self._consumed[key])
+        self._consumed = {
+            topic: {p: offsets.get(topic, {}).get(p, start) for p, start in parts.items()}
+            for topic, parts in self._start.items()
+        }
+        self.consumer.seek(self._consumed)
 
-    def consumed_offsets(self) -> dict[str, int]:
+    def consumed_offsets(self) -> Offsets:
         """Next offset to read per partition, just past the last event handed out or skipped."""
-        return dict(self._consumed)
+        return {topic: dict(parts) for topic, parts in self._consumed.items()}
 
-    def commit(self, offsets: dict[str, int]) -> bool:
+    def commit(self, offsets: Offsets) -> bool:
         """Commit ``offsets`` (from a checkpoint now on disk) to the consumer group; retried during an
         outage for ``COMMIT_GIVE_UP_S``, then skipped (see the module docstring). Returns whether it was
         committed."""
-        try:
-            self._retry(
-                self.consumer.commit,
-                {
-                    tp: OffsetAndMetadata(offsets[offsets_key(tp)], "", -1)
-                    for tp in self.partitions
-                    if offsets_key(tp) in offsets
-                },
-                what="offset commit",
-                give_up_after_s=COMMIT_GIVE_UP_S,
-            )
-        except RETRIED as exc:
-            log.warning("offset commit skipped (%r): the checkpoint holds the offsets; the next commit catches up",
-                        exc)
-            return False
-        return True
+        return self.consumer.commit(offsets, COMMIT_GIVE_UP_S)
 
     def lag(self) -> int | None:
         """Events on the topic not yet consumed by the learner (end offsets minus consumed); None when
         Kafka does not answer (a gauge is not worth waiting for)."""
         try:
-            ends = self.consumer.end_offsets(self.partitions)
+            ends = self.consumer.end_offsets(give_up_after_s=0)
         except RETRIED as exc:
             log.warning("consumer lag unknown (%r)", exc)
             return None
-        return sum(max(0, ends[tp] - self._consumed[offsets_key(tp)]) for tp in self.partitions)
+        return sum(
+            max(0, end - self._consumed[topic][p])
+            for topic, parts in ends.items()
+            for p, end in parts.items()
+        )
 
     def close(self) -> None:
         """Close the consumer without committing (bounded: a broker outage does not hold the exit)."""
-        self.consumer.close(autocommit=False)
+        self.consumer.close()

@@ -70,7 +70,7 @@ class Learner:
 
     ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
     where the models go (default: ``cfg.device`` resolved, proto/device.py); ``stop``: the event that
-    stops :meth:`run` by default and ends the retries of Kafka calls during an outage (proto/retry.py:
+    stops :meth:`run` by default and ends the retries of Kafka calls during an outage (proto/kafka.py:
     every Kafka call is retried with backoff while the broker is unreachable, so an outage pauses the
     loop instead of ending it).
     """

@@ -23,15 +23,16 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from proto import topics, wire
+from proto import topics
 from proto.events_pb2 import Feedback, PolicyStatus, Rating
-from proto.policy_log import PolicyLog
+from proto.kafka import read_policy, read_topic
 from proto.settings import KafkaSettings, state_dir
+
+CLIENT_ID = "rlhf-report"
 
 
 def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -136,22 +137,6 @@ class Report:
         return [r.version for r in self.versions if r.status == "rejected"]
 
 
-def _read_all(kafka: KafkaSettings, name: str):
-    """Every record of topic ``name`` from the beginning to its current end, in order per partition."""
-    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        topic = kafka.topic(name)
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(partitions)
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            for records in consumer.poll(timeout_ms=1000).values():
-                yield from records
-    finally:
-        consumer.close()
-
-
 def samples(url: str) -> list[tuple[str, dict[str, str], float]]:
     """Every sample of ``url``/metrics as (name, labels, value); [] when the service does not answer.
 
@@ -170,15 +155,6 @@ def scrape(url: str) -> dict[str, float]:
     return {name: value for name, labels, value in samples(url) if not labels}
 
 
-def _decoded(kafka: KafkaSettings, name: str):
-    """The events of topic ``name`` in order, malformed records skipped."""
-    for r in _read_all(kafka, name):
-        try:
-            yield r.key, wire.decode(name, r.value)
-        except wire.MalformedEvent:
-            continue
-
-
 def collect(kafka: KafkaSettings, reward_url: str | None = None, since: float | None = None,
             until: float | None = None) -> Report:
     """Build the report from the topics and the reward service's metrics.
@@ -186,16 +162,14 @@ def collect(kafka: KafkaSettings, reward_url: str | None = None, since: float | 
     Responses and votes count when created in [since, until) (Unix seconds; None = open end); the policy
     records (status, KL, reward at promotion) are always read whole.
     """
-    counts = tally_votes((fb for _, fb in _decoded(kafka, topics.FEEDBACK)), since, until)
+    counts = tally_votes((fb for _, fb in read_topic(kafka, topics.FEEDBACK, CLIENT_ID)), since, until)
     served: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # version -> [responses, words]
-    for _, it in _decoded(kafka, topics.INTERACTIONS):
+    for _, it in read_topic(kafka, topics.INTERACTIONS, CLIENT_ID):
         if in_window(seconds(it.created_at), since, until):
             served[it.policy_version][0] += 1
             served[it.policy_version][1] += len(it.response_text.split())
 
-    policy = PolicyLog()
-    for key, rec in _decoded(kafka, topics.POLICY):
-        policy.apply(key, rec)
+    policy = read_policy(kafka, CLIENT_ID)
 
     rows = {0: VersionRow(0, "base")}
     for v, rec in policy.versions.items():

@@ -9,11 +9,9 @@ Run ``python -m proto.topics [--wait 30]`` (console script ``rlhf-topics``) to c
 
 import logging
 import sys
-import time
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -82,17 +80,17 @@ class EnsureTopics(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="the broker ($RLHF_KAFKA_*)")
 
     def cli_cmd(self) -> None:
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                created = ensure_topics(self.kafka)
-                print(f"topics ready on {self.kafka.bootstrap_servers}; created: {created or 'none'}")
-                return
-            except KafkaError as exc:
-                if time.monotonic() >= deadline:
-                    print(f"kafka at {self.kafka.bootstrap_servers} not ready: {exc!r}", file=sys.stderr)
-                    sys.exit(1)
-                time.sleep(1.0)
+        from proto.kafka import (  # here: proto.kafka imports this module's topic names
+            RETRIED,
+            call_with_retry,
+        )
+
+        try:
+            created = call_with_retry(ensure_topics, self.kafka, what="creating topics", give_up_after_s=self.wait)
+        except RETRIED as exc:
+            print(f"kafka at {self.kafka.bootstrap_servers} not ready: {exc!r}", file=sys.stderr)
+            sys.exit(1)
+        print(f"topics ready on {self.kafka.bootstrap_servers}; created: {created or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from proto.checkpoint import commit_dir, write_atomic
+from proto.kafka import Offsets
 
 OVERLAY = "overlay.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -47,7 +48,7 @@ class CheckpointState(BaseModel):
     base_model: str
     trainable_layers: int
     # Next offset to read per topic and partition: resuming there replays exactly what came after.
-    offsets: dict[str, dict[int, int]] = {}
+    offsets: Offsets = {}
     # Cumulative over the lineage v0 … this version.
     votes_trained: int = 0
     pairs_trained: int = 0
@@ -114,7 +115,7 @@ class CheckpointStore:
         commit_dir(tmp, final)
         return final
 
-    def update_offsets(self, version: int, offsets: dict[str, dict[int, int]]) -> None:
+    def update_offsets(self, version: int, offsets: Offsets) -> None:
         """Record further consumed offsets for ``version`` when no vote was trained since it was saved.
 
         The weights are unchanged, so (weights of ``version``, newer offsets) is as consistent a resume

@@ -17,7 +17,7 @@ resumes from the checkpoint's own offsets (rolling the join store's training mar
 at any point loses no vote and trains none twice.
 
 A broker outage pauses the loop, it never ends it: every Kafka call goes through the shared retry policy
-(proto/retry.py, backoff up to 30 s, each retry logged); an offset commit is retried for
+(``proto.kafka``, backoff up to 30 s, each retry logged); an offset commit is retried for
 ``COMMIT_GIVE_UP_S`` and then skipped (the checkpoint holds the offsets; the next commit catches up). Any
 other error ends the thread: it is logged, kept in ``error`` (``/healthz`` answers 503) and handed to
 ``on_failure``, which the command line uses to end the process with status 1, so that a supervisor
@@ -29,12 +29,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
-
 from proto import topics, wire
 from proto.device import resolve_device
-from proto.retry import RETRIED, call_with_retry, kafka_retrying
+from proto.kafka import RETRIED, AssignedConsumer, call_with_retry
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
 from reward_service.checkpoint import OVERLAY, CheckpointStore, new_state
@@ -74,7 +71,7 @@ class StreamWorker(threading.Thread):
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.on_failure = on_failure
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: AssignedConsumer | None = None
         self._stopping = threading.Event()
         self._evaluate_cpu = 0.0
         self._backlog = Backlog(0, None)
@@ -99,12 +96,6 @@ class StreamWorker(threading.Thread):
                 self.on_failure(exc)
 
     # -- setup -----------------------------------------------------------------------------------------
-
-    def _retry(self, fn, *args, what: str, give_up_after_s: float | None = None, **kwargs):
-        """``fn(*args, **kwargs)`` retried through a broker outage until the service stops."""
-        return call_with_retry(
-            fn, *args, log=log, what=what, stop=self._stopping, give_up_after_s=give_up_after_s, **kwargs
-        )
 
     def _load(self) -> None:
         """Resume from the newest checkpoint: model, optimiser, lineage counters, join-store marks."""
@@ -155,37 +146,19 @@ class StreamWorker(threading.Thread):
     def _connect(self) -> None:
         """Create topics if missing, then assign every partition of both topics and seek to the checkpoint.
 
-        The trainer is one model, so one consumer reads all partitions (``assign``, not a group
+        The trainer is one model, so one consumer reads all partitions (``AssignedConsumer``, not a group
         subscription that would split them); the group id still records committed offsets and lag.
         """
-        for attempt in kafka_retrying(log, "connecting to Kafka", self._stopping):
-            with attempt:
-                ensure_topics(self.kafka)
-                self.consumer = KafkaConsumer(
-                    bootstrap_servers=self.kafka.bootstrap_servers,
-                    group_id=self.settings.group_id,
-                    client_id="rlhf-reward",
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                )
-        partitions = []
-        for name in CONSUMED:
-            topic = self.kafka.topic(name)
-            ids = self._retry(self.consumer.partitions_for_topic, topic, what="reading partitions") or set()
-            if not ids:
-                raise RuntimeError(f"topic {topic} has no partitions")
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-        self.consumer.assign(partitions)
-        for tp in partitions:
-            offset = self.state.offsets.get(tp.topic, {}).get(tp.partition)
-            if offset is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
-        self.partitions = partitions
+        call_with_retry(ensure_topics, self.kafka, what="creating topics", stop=self._stopping, log=log)
+        self.consumer = AssignedConsumer(
+            self.kafka, CONSUMED, "rlhf-reward", self.settings.group_id, self.state.offsets,
+            stop=self._stopping,
+        )
         self.short_names = {self.kafka.topic(name): name for name in CONSUMED}
         log.info(
-            "consuming %s from %s", [f"{tp.topic}/{tp.partition}" for tp in partitions], self.state.offsets
+            "consuming %s from %s",
+            [f"{tp.topic}/{tp.partition}" for tp in self.consumer.partitions],
+            self.state.offsets,
         )
         self.ready.set()
 
@@ -206,7 +179,7 @@ class StreamWorker(threading.Thread):
         finally:
             self.ready.clear()
             if self.consumer is not None:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
             self.store.close()
 
     def _step(self) -> None:
@@ -216,9 +189,7 @@ class StreamWorker(threading.Thread):
         # while votes are ready to train (a backlog in the store, e.g. after a restart).
         wait_ms = 0 if self._backlog.votes >= s.train_min_votes else s.poll_timeout_ms
         with self.metrics.cpu_stage("ingest"):
-            polled = self._retry(
-                self.consumer.poll, timeout_ms=wait_ms, max_records=s.poll_max_records, what="polling"
-            )
+            polled = self.consumer.poll(wait_ms, s.poll_max_records)
             for tp, records in polled.items():
                 name = self.short_names[tp.topic]
                 self.metrics.events.labels(name).inc(len(records))
@@ -304,14 +275,6 @@ class StreamWorker(threading.Thread):
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
-    def _offsets(self) -> dict[str, dict[int, int]]:
-        offsets: dict[str, dict[int, int]] = {}
-        for tp in self.partitions:
-            offsets.setdefault(tp.topic, {})[tp.partition] = self._retry(
-                self.consumer.position, tp, what="reading positions"
-            )
-        return offsets
-
     def _checkpoint(self) -> None:
         """:meth:`_save`, with its CPU time counted: the held-out evaluation as stage ``evaluate``, the rest
         (offsets, save, prune, reload of the scorer, commit) as ``checkpoint``."""
@@ -329,7 +292,7 @@ class StreamWorker(threading.Thread):
         votes were trained; otherwise records the further offsets on the current version (same weights)."""
         started = time.perf_counter()
         s = self.settings
-        offsets = self._offsets()
+        offsets = self.consumer.positions()
         if self.unsaved_votes:
             clock = cpu_clock()
             evaluating = clock()
@@ -368,26 +331,12 @@ class StreamWorker(threading.Thread):
         else:
             self.saved_at = time.monotonic()
             return
-        self._commit(offsets)
+        # For lag monitoring only (resuming uses the checkpoint's offsets): a commit failing past
+        # COMMIT_GIVE_UP_S is skipped and the next one catches up.
+        self.consumer.commit(offsets, COMMIT_GIVE_UP_S)
         self.saved_at = time.monotonic()
         self._publish_state_metrics()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
-
-    def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
-        """Commit ``offsets`` to the consumer group (for lag monitoring; resuming uses the checkpoint's)."""
-        try:
-            self._retry(
-                self.consumer.commit,
-                {
-                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                    for topic, parts in offsets.items()
-                    for partition, offset in parts.items()
-                },
-                what="offset commit",
-                give_up_after_s=COMMIT_GIVE_UP_S,
-            )
-        except RETRIED as exc:  # the checkpoint already holds these offsets: the next commit catches up
-            log.warning("offset commit skipped: %r", exc)
 
     def _publish_identities(self) -> None:
         """Votes per identity among the latest votes received and trained, and how many were over the cap."""

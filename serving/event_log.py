@@ -2,8 +2,9 @@
 
 ``publish`` returns once the event is on local disk, so requests never wait on Kafka and an unreachable or
 slow broker never loses an event. The sender delivers spooled events in order through an idempotent
-producer (acks=all) and acknowledges them in the spool only after Kafka did; on failure it backs off and
-retries the same records, so events reach Kafka in the order serving accepted them.
+producer (acks=all, ``proto.kafka``) and acknowledges them in the spool only after Kafka did; on failure it
+retries the same records under the shared retry policy (backoff up to ``MAX_BACKOFF_S``), so events reach
+Kafka in the order serving accepted them.
 """
 
 import logging
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from proto import wire
 from proto.events_pb2 import SpooledRecord
+from proto.kafka import RETRIED, idempotent_producer, kafka_retrying
 from proto.settings import KafkaSettings
 from serving.metrics import ServingMetrics
 from serving.spool import Spool
@@ -24,6 +25,7 @@ from serving.spool import Spool
 log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 256
+# Short, so readiness returns within seconds of the broker (the shared policy waits up to 30 s).
 MAX_BACKOFF_S = 5.0
 # Kafka counts as unreachable once spooled events have waited this long without any delivery (s).
 STALL_S = 5.0
@@ -96,11 +98,9 @@ class EventLog:
 
     def _connect(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(
-                bootstrap_servers=self._kafka.bootstrap_servers,
-                client_id="rlhf-serving",
-                enable_idempotence=True,
-                acks="all",
+            self._producer = idempotent_producer(
+                self._kafka,
+                "rlhf-serving",
                 linger_ms=5,
                 max_block_ms=5000,
                 request_timeout_ms=5000,
@@ -109,11 +109,14 @@ class EventLog:
         return self._producer
 
     def _deliver_batch(self) -> int:
-        """Send the oldest spooled records and wait for Kafka's acks; return how many were delivered."""
+        """Send the oldest spooled records and wait for Kafka's acks; return how many were delivered.
+
+        Connects first even with nothing spooled, so that an idle log still knows whether Kafka answers.
+        """
+        producer = self._connect()
         records, end = self._spool.read(BATCH_RECORDS)
         if not records:
             return 0
-        producer = self._connect()
         futures = [producer.send(r.topic, key=r.key, value=r.value) for r in records]
         producer.flush(timeout=20)
         for future, record in zip(futures, records):
@@ -125,25 +128,21 @@ class EventLog:
         self._metrics.spool_depth.set(self._spool.depth)
         return len(records)
 
+    def _failed(self, exc: BaseException) -> None:
+        self._delivering.clear()
+        self._metrics.produce_errors.inc()
+
     def _run(self) -> None:
-        failures = 0
+        retrying = kafka_retrying(
+            "kafka delivery", self._stop, max_wait_s=MAX_BACKOFF_S, on_error=self._failed, log=log
+        )
         while True:
             self._wake.clear()
             try:
-                delivered = self._deliver_batch()
-                self._connect()
-                self._delivering.set()
-                failures = 0
-            except (KafkaError, OSError) as exc:
-                self._delivering.clear()
-                self._metrics.produce_errors.inc()
-                failures += 1
-                delay = min(MAX_BACKOFF_S, 0.2 * 2**failures)
-                log.warning("kafka delivery failed (%r); %d events spooled; retrying in %.1fs",
-                            exc, self._spool.depth, delay)
-                if self._stop.wait(delay):
-                    return
-                continue
+                delivered = retrying(self._deliver_batch)
+            except RETRIED:
+                return  # stopped while Kafka was unreachable: the rest stays spooled
+            self._delivering.set()
             if delivered:
                 continue
             if self._stop.is_set():

@@ -1,7 +1,8 @@
 """Follows the compacted policy topic and hot-swaps the engine to the version it says to serve.
 
-A thread reads the topic from the beginning (no consumer group: every replica reads all of it), folds the
-records into a :class:`proto.policy_log.PolicyLog`, and whenever the target version differs from the one
+A thread reads the topic from the beginning (``proto.kafka.TopicReplay``: no consumer group, so every
+replica reads all of it; retried with backoff while the broker is unreachable), folds the records into a
+:class:`proto.policy_log.PolicyLog`, and whenever the target version differs from the one
 being served, verifies the checkpoint's sha256 and swaps it into the running engine on the event loop.
 A checkpoint that cannot be resolved, fails its hash or fails to load is skipped (counted, logged): this
 replica then serves the best version it can load.
@@ -12,16 +13,17 @@ import logging
 import threading
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-
-from proto import topics, wire
+from proto import topics
+from proto.kafka import RETRIED, TopicReplay, call_with_retry
 from proto.policy_log import PolicyLog
 from proto.policy_store import local_dir, weights_sha256
 from proto.settings import KafkaSettings
 from serving.engine import PolicyEngine
 
 log = logging.getLogger(__name__)
+
+# Short, so a replica follows the topic within seconds of the broker's return (the shared policy: 30 s).
+MAX_RETRY_WAIT_S = 5.0
 
 
 class PolicyFollower:
@@ -55,42 +57,27 @@ class PolicyFollower:
         self._thread.join(5)
 
     def _run(self) -> None:
-        consumer = None
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._subscribe()
-                for records in consumer.poll(timeout_ms=500).values():
-                    for r in records:
-                        self.policy.apply(r.key, wire.decode(topics.POLICY, r.value))
-                if not self.synced.is_set() and self._at_end(consumer):
+        reader = None
+        try:
+            # Retried also while the topic does not exist yet: serving may start before it is created.
+            reader = call_with_retry(
+                TopicReplay, self._kafka, topics.POLICY, "rlhf-serving-policy", self._stop, MAX_RETRY_WAIT_S,
+                what="opening the policy topic", stop=self._stop, max_wait_s=MAX_RETRY_WAIT_S, log=log,
+            )
+            while not self._stop.is_set():
+                for key, record in reader.poll(timeout_ms=500):
+                    self.policy.apply(key, record)
+                if not self.synced.is_set() and reader.caught_up():
                     self.synced.set()
                 if self.synced.is_set():
                     self._converge()
-            except KafkaError as exc:
-                log.warning("policy topic unreachable (%r); retrying", exc)
-                self._stop.wait(2.0)
-            except wire.MalformedEvent as exc:
-                log.error("skipping a malformed policy record: %s", exc)
-        if consumer is not None:
-            consumer.close()
-
-    def _subscribe(self) -> KafkaConsumer:
-        consumer = KafkaConsumer(bootstrap_servers=self._kafka.bootstrap_servers, enable_auto_commit=False,
-                                 client_id="rlhf-serving-policy")
-        topic = self._kafka.topic(topics.POLICY)
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            consumer.close()
-            raise KafkaError(f"topic {topic} not found")
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        consumer.seek_to_beginning()
-        return consumer
-
-    @staticmethod
-    def _at_end(consumer: KafkaConsumer) -> bool:
-        ends = consumer.end_offsets(list(consumer.assignment()))
-        return all(consumer.position(tp) >= end for tp, end in ends.items())
+        except RETRIED:
+            if not self._stop.is_set():
+                raise
+            # stopped while the broker was unreachable
+        finally:
+            if reader is not None:
+                reader.close()
 
     def _converge(self) -> None:
         target = self.policy.target(skip=self._failed)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from kafka import KafkaConsumer, TopicPartition
 from rich.table import Table
 
 from bench.chaos.ledger import (
@@ -42,7 +41,8 @@ from loop import run as main_job
 from loop.processes import ROOT, Service, free_port, kafka_ctl
 from loop.report import make_console, samples
 from loop.users import SimulatedUsers
-from proto import topics, wire
+from proto import topics
+from proto.kafka import read_topic
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
 
@@ -192,18 +192,7 @@ def schedule_of(args) -> list[tuple[float, str]]:
 
 def read_ids(kafka: KafkaSettings, name: str, attr: str) -> list[str]:
     """Every event's ``attr`` on topic ``name``, from its beginning to its end now."""
-    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
-    topic = kafka.topic(name)
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    consumer.assign(parts)
-    consumer.seek_to_beginning()
-    ends = consumer.end_offsets(parts)
-    ids = []
-    while any(consumer.position(tp) < ends[tp] for tp in parts):
-        for records in consumer.poll(timeout_ms=1000).values():
-            ids += [getattr(wire.decode(name, r.value), attr) for r in records]
-    consumer.close()
-    return ids
+    return [getattr(event, attr) for _, event in read_topic(kafka, name, "bench-chaos")]
 
 
 def table(result: dict) -> Table:

@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -57,6 +56,7 @@ from loop.report import fmt_rate, wilson
 from loop.users import load_prompts
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
+from proto.kafka import idempotent_producer
 from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 from reward_service.checkpoint import CheckpointStore
@@ -142,7 +142,7 @@ def run_arm(name: str, turns, clean, preference: Preference, honest: int, args, 
     kafka = KafkaSettings(bootstrap_servers=kafka_base.bootstrap_servers,
                           topic_prefix=f"bench-poison-{uuid.uuid4().hex[:8]}-{name}.")
     ensure_topics(kafka)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True, acks="all")
+    producer = idempotent_producer(kafka, "bench-poison")
     for interaction, feedback, _ in turns:
         producer.send(
             kafka.topic("interactions"), key=wire.key_of(interaction), value=wire.encode(interaction)

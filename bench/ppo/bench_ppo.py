@@ -255,16 +255,15 @@ def prepare_batch(spec: dict) -> dict:
 
 def produce_events(batch: dict, prefix: str) -> None:
     """Put the batch on a fresh interactions topic ``<prefix>interactions`` (policy version 0)."""
-    from kafka import KafkaProducer
-
     from proto import topics, wire
     from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
+    from proto.kafka import idempotent_producer
     from proto.settings import KafkaSettings
     from proto.topics import ensure_topics
 
     kafka = KafkaSettings(topic_prefix=prefix)
     ensure_topics(kafka)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", enable_idempotence=True)
+    producer = idempotent_producer(kafka, "bench-ppo")
     for e in batch["events"]:
         event = Interaction(
             response_id=e["response_id"],

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loop.processes import Service, free_port
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
+from proto.kafka import idempotent_producer
 from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 
@@ -109,9 +110,7 @@ def main() -> None:
             "RLHF_REWARD_HELDOUT_FRACTION": str(args.heldout_fraction),
         }
         service = Service("reward_service.cli", free_port(), env, Path(state) / "reward.log", args=["serve"])
-        producer = KafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True, acks="all"
-        )
+        producer = idempotent_producer(kafka, "bench-reward")
         samples = []
         try:
             service.start("/readyz")

@@ -19,7 +19,6 @@ import time
 
 import httpx
 import torch
-from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +28,7 @@ from loop.processes import ROOT, Service, free_port
 from proto import topics, wire
 from proto.api_keys import KeyFile
 from proto.events_pb2 import PolicyStatus, PolicyVersion
+from proto.kafka import idempotent_producer
 from proto.policy_store import weights_sha256
 from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
@@ -103,7 +103,7 @@ def main() -> None:
            "RLHF_SERVING_CHAT_PER_MINUTE": "1000000", "RLHF_SERVING_MAX_STREAMS_PER_USER": "1024"}
     headers = {"Authorization": f"Bearer {KeyFile(work / 'api_keys').add('bench')}"}
     serving = Service("serving.cli", free_port(), env, work / "serving.log").start("/readyz", 600)
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    producer = idempotent_producer(kafka, "bench-swap")
     swaps = []
     try:
         with Load(serving.url, headers, args.clients) as load:

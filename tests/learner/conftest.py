@@ -15,13 +15,14 @@ import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, response_logits
 from learner.ppo import logprobs_of
 from learner.settings import LearnerConfig
 from proto import topics, wire
 from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
+from proto.kafka import idempotent_producer, read_topic
 from proto.score import ScoreRequest, ScoreResponse
 from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
@@ -125,9 +126,7 @@ def make_interactions(model_dir):
 
 def produce(settings: KafkaSettings, events: list) -> None:
     """Put ``events`` on the interactions topic, acknowledged by the broker."""
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = idempotent_producer(settings, "test-learner")
     for e in events:
         producer.send(settings.topic(topics.INTERACTIONS), key=wire.key_of(e), value=wire.encode(e))
     producer.flush()
@@ -136,18 +135,7 @@ def produce(settings: KafkaSettings, events: list) -> None:
 
 def read_policy_records(settings: KafkaSettings) -> list:
     """Every PolicyVersion record on the policy topic, in order."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=2000,
-    )
-    tp = TopicPartition(settings.topic(topics.POLICY), 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    records = [wire.decode(topics.POLICY, r.value) for r in consumer]
-    consumer.close()
-    return records
+    return [record for _, record in read_topic(settings, topics.POLICY, "test-learner")]
 
 
 def committed_offset(settings: KafkaSettings, group_id: str) -> int | None:

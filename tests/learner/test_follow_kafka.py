@@ -11,7 +11,6 @@ import threading
 
 import httpx
 import torch
-from kafka import KafkaProducer
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -20,6 +19,7 @@ from learner.follow import rolled_back_in_lineage
 from learner.service import Learner
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
+from proto.kafka import idempotent_producer
 from proto.policy_log import PolicyLog
 from tests.learner.conftest import produce, read_policy_records, small_config
 
@@ -31,7 +31,7 @@ PAUSED = 'rlhf_learner_publishing_paused{reason="pin"}'
 def _append(settings, record: PolicyVersion) -> None:
     """Write ``record`` to the policy topic as serving's admin endpoints do (key: version or ``pin``)."""
     record.created_at.CopyFrom(wire.now())
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = idempotent_producer(settings, "test-learner")
     producer.send(settings.topic(topics.POLICY), key=wire.key_of(record), value=wire.encode(record)).get(30)
     producer.close()
 

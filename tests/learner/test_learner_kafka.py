@@ -9,7 +9,6 @@ import threading
 import httpx
 import pytest
 import torch
-from kafka import KafkaProducer
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,6 +17,7 @@ from learner.reward import RewardClient
 from learner.service import Learner
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
+from proto.kafka import idempotent_producer
 from proto.policy_store import local_dir, weights_sha256
 from tests.learner.conftest import SCORER, committed_offset, produce, read_policy_records, small_config
 
@@ -72,8 +72,7 @@ def test_one_live_iteration_publishes_a_loadable_v1(
     assert AutoTokenizer.from_pretrained(path).eos_token_id == 2
 
     # Offsets: all four events consumed, checkpointed and committed to the group.
-    topic_key = f"{fresh_kafka.topic(topics.INTERACTIONS)}:0"
-    assert state.events_consumed == 4 and state.offsets == {topic_key: 4}
+    assert state.events_consumed == 4 and state.offsets == {fresh_kafka.topic(topics.INTERACTIONS): {0: 4}}
     assert sorted(state.response_ids) == sorted(e.response_id for e in events)
     assert committed_offset(fresh_kafka, cfg.group_id) == 4
     assert state.parent_version == 1
@@ -112,7 +111,7 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
 ):
     # Version 3 is promoted on the topic (its checkpoint: the bundled weights), so a fresh learner trains
     # from 3, drops responses more than max_staleness=2 versions older, and numbers its candidate 4.
-    producer = KafkaProducer(bootstrap_servers=fresh_kafka.bootstrap_servers, acks="all")
+    producer = idempotent_producer(fresh_kafka, "test-learner")
     v3 = PolicyVersion(
         version=3,
         parent=0,
@@ -146,7 +145,7 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
 
     assert sorted(state.response_ids) == sorted(e.response_id for e in fresh)
     assert state.dropped == {"stale": 2} and state.events_consumed == 4
-    assert state.offsets == {f"{fresh_kafka.topic(topics.INTERACTIONS)}:0": 6}
+    assert state.offsets == {fresh_kafka.topic(topics.INTERACTIONS): {0: 6}}
     assert _metric(metrics, 'rlhf_learner_rollouts_dropped_total{reason="stale"}') >= 2
     assert _metric(metrics, "rlhf_learner_versions_rejected_total") >= 1
 

@@ -53,6 +53,6 @@ def test_kill_9_and_restart_neither_loses_nor_double_counts(tmp_path, fresh_kafk
     assert sorted(trained) == sorted(e.response_id for e in events)  # every event once, none twice
     final = states[-1]
     assert final["events_consumed"] == 12
-    assert final["offsets"] == {f"{fresh_kafka.topic(topics.INTERACTIONS)}:0": 12}
+    assert final["offsets"] == {fresh_kafka.topic(topics.INTERACTIONS): {"0": 12}}
     assert committed_offset(fresh_kafka, cfg.group_id) == 12
     assert not list(checkpoints.glob(".tmp-*"))

@@ -77,11 +77,10 @@ def test_json_carries_rate_interval_and_mean_words():
 
 def test_collect_reads_the_topics_in_a_window(kafka_settings):
     """On the real broker: a flood counts once, and only responses and votes of the window count."""
-    from kafka import KafkaProducer
-
     from loop.report import collect
     from proto import topics, wire
     from proto.events_pb2 import Interaction
+    from proto.kafka import idempotent_producer
 
     def served(rid: str, t: float, version: int, text: str) -> Interaction:
         return Interaction(response_id=rid, policy_version=version, response_text=text,
@@ -91,7 +90,7 @@ def test_collect_reads_the_topics_in_a_window(kafka_settings):
               served("r0", 1000, 0, "one two three four"), served("r1", 1001, 1, "one two"),
               *[vote("flood", "r1", DOWN, 1002 + i) for i in range(300)], vote("u", "r0", UP, 1003, version=0),
               vote("u", "r1", UP, 1004)]
-    producer = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers, acks="all")
+    producer = idempotent_producer(kafka_settings, "test-report")
     for e in events:
         name = topics.INTERACTIONS if isinstance(e, Interaction) else topics.FEEDBACK
         producer.send(kafka_settings.topic(name), key=wire.key_of(e), value=wire.encode(e))

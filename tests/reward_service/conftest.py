@@ -4,11 +4,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from loop.processes import Service, free_port
 from proto import wire
+from proto.kafka import idempotent_producer
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer
@@ -39,9 +39,7 @@ def fresh_topics(base: KafkaSettings, name: str) -> KafkaSettings:
 
 def produce(settings: KafkaSettings, records: list[tuple[str, bytes, bytes]]) -> None:
     """Send ``(topic name, key, value)`` records in order and wait for the broker's acks."""
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all"
-    )
+    producer = idempotent_producer(settings, "test-reward")
     try:
         for name, key, value in records:
             producer.send(settings.topic(name), key=key, value=value)

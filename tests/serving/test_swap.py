@@ -7,12 +7,12 @@ import time
 import httpx
 import pytest
 import torch
-from kafka import KafkaProducer
 from openai import OpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
+from proto.kafka import idempotent_producer
 from proto.policy_store import weights_sha256
 from tests.serving.conftest import ADMIN_TOKEN, MODEL
 
@@ -42,7 +42,7 @@ def hf_greedy(model, tokenizer, max_new_tokens: int) -> str:
 class PolicyTopicWriter:
     def __init__(self, broker):
         self.topic = broker.topic(topics.POLICY)
-        self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+        self.producer = idempotent_producer(broker, "test-serving")
 
     def publish(self, version: int, path, status=PolicyStatus.POLICY_STATUS_PROMOTED, sha256: str | None = None):
         record = PolicyVersion(version=version, parent=version - 1, checkpoint_uri=path.resolve().as_uri(),

@@ -9,11 +9,11 @@ import uuid
 
 import httpx
 import pytest
-from kafka import KafkaProducer
 
 from loop.processes import Service, free_port
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
+from proto.kafka import idempotent_producer
 from proto.policy_store import weights_sha256
 from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
@@ -78,7 +78,7 @@ def test_slow_stream_does_not_hold_a_swap(bounded, kafka, model_dir, api_keys):
     record = PolicyVersion(version=1, parent=0, checkpoint_uri=model_dir.resolve().as_uri(),
                            weights_sha256=weights_sha256(model_dir),
                            status=PolicyStatus.POLICY_STATUS_PROMOTED, created_at=wire.now())
-    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    producer = idempotent_producer(kafka, "test-serving")
     sent = producer.send(kafka.topic(topics.POLICY), key=wire.key_of(record), value=wire.encode(record))
     sent.get(timeout=10)
     producer.close()
