@@ -5,7 +5,7 @@
                                                                  # (with --max-restarts, see its start())
     python -m learner.cli sft --data demos.jsonl --output-dir DIR [--epochs 2] ...
 
-Every field of :class:`learner.settings.LearnerConfig` / :class:`learner.settings.SFTConfig` is a flag
+Every field of :class:`learner.settings.Settings` / :class:`learner.settings.SFTSettings` is a flag
 (``--help`` lists them with defaults) and an environment variable (``RLHF_LEARNER_*``,
 ``RLHF_LEARNER_SFT_*``; the shared ``RLHF_STATE_DIR``, ``RLHF_BASE_MODEL``, ``RLHF_KAFKA_*``); see
 proto/cli.py.
@@ -26,13 +26,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pydantic_settings import BaseSettings, CliApp, CliSubCommand
 
-from learner.settings import LearnerConfig, SFTConfig
+from learner.settings import Settings, SFTSettings
 from proto import cli
 
 log = logging.getLogger(__name__)
 
 
-class PPOCommand(LearnerConfig):
+class PPOCommand(Settings):
     """Run the online PPO learner: consume interactions, train, checkpoint, gate and publish policies."""
 
     def cli_cmd(self) -> None:
@@ -60,7 +60,7 @@ class PPOCommand(LearnerConfig):
             distributed.stop(ranks)
 
 
-class SFTCommand(SFTConfig):
+class SFTCommand(SFTSettings):
     """Supervised fine-tuning on a JSONL of demonstrations (loss on response tokens only)."""
 
     def cli_cmd(self) -> None:

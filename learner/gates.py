@@ -31,7 +31,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from learner.model import ReferenceTop, chat_prompt_ids, generate, pack, response_logits
 from learner.ppo import exact_kl
 from learner.reward import RewardClient
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 from proto.score import ScoreInput
 
 
@@ -85,7 +85,7 @@ def canary_ended_share(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     canaries: list[list[dict[str, str]]],
-    cfg: LearnerConfig,
+    cfg: Settings,
     seed: int,
 ) -> float:
     """Share of ``cfg.canary_samples`` answers per canary prompt, sampled at temperature 1 with ``seed``,
@@ -109,7 +109,7 @@ def evaluate(
     anchor_answers: list[list[str]],
     canaries: list[list[dict[str, str]]],
     anchor_canary_share: float,
-    cfg: LearnerConfig,
+    cfg: Settings,
     seed: int,
 ) -> GateReport:
     """Run the three gates on candidate ``lm`` with ``cfg``'s budget, tolerance and canary settings.

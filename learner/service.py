@@ -47,7 +47,7 @@ from learner.ppo import RewardNormalizer
 from learner.publish import PolicyTopic, open_store
 from learner.reward import RewardClient, transient
 from learner.rollout import InteractionReader, Rollout
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 from learner.trainer import IterationStats, PPOTrainer
 from proto import wire
 from proto.device import autocast, resolve_device
@@ -77,7 +77,7 @@ class Learner:
 
     def __init__(
         self,
-        cfg: LearnerConfig,
+        cfg: Settings,
         kafka: KafkaSettings,
         ranks: Ranks = SINGLE,
         device: torch.device | None = None,
@@ -547,7 +547,7 @@ class Learner:
         self.reward.close()
 
 
-def run_worker(cfg: LearnerConfig, ranks: Ranks, device: torch.device) -> int:
+def run_worker(cfg: Settings, ranks: Ranks, device: torch.device) -> int:
     """Ranks 1.. of a torchrun job: the policy, reference and optimizer, trained in step with rank 0 until
     it stops (learner/distributed.py); returns the iterations trained.
 

@@ -25,7 +25,7 @@ from proto.settings import ServiceSettings
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 
-class LearnerConfig(ServiceSettings):
+class Settings(ServiceSettings):
     """PPO learner settings (environment prefix ``RLHF_LEARNER_``).
 
     From the base: ``state_dir`` holds the learner's checkpoints (``<state>/learner``) and the policy store
@@ -273,7 +273,7 @@ class LearnerConfig(ServiceSettings):
         return check_device(value)
 
     @model_validator(mode="after")
-    def _check_batch_sizes(self) -> "LearnerConfig":
+    def _check_batch_sizes(self) -> "Settings":
         if "min_batch_size" not in self.model_fields_set:
             self.min_batch_size = min(self.min_batch_size, self.batch_size)
         if self.min_batch_size > self.batch_size:
@@ -296,7 +296,7 @@ class LearnerConfig(ServiceSettings):
         return self.policy_store or (self.state_dir / "policies").resolve().as_uri()
 
 
-class SFTConfig(ServiceSettings):
+class SFTSettings(ServiceSettings):
     """Supervised fine-tuning settings (environment prefix ``RLHF_LEARNER_SFT_``); the model fine-tuned is
     the base's ``base_model`` (``RLHF_BASE_MODEL``)."""
 

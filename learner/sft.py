@@ -26,7 +26,7 @@ import torch
 
 from learner.model import chat_prompt_ids, load_lm, load_tokenizer
 from learner.ppo import logprobs_of
-from learner.settings import SFTConfig
+from learner.settings import SFTSettings
 from proto.checkpoint import commit_dir
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def response_only_loss(
     return (nll * is_reply).sum() / is_reply.sum()
 
 
-def train(cfg: SFTConfig) -> Path:
+def train(cfg: SFTSettings) -> Path:
     """Fine-tune ``cfg.base_model`` on ``cfg.data``; write the model to ``cfg.output_dir``; return it.
 
     The directory is written under a temporary name and renamed, so it appears complete or not at all.

@@ -34,7 +34,7 @@ from learner import ppo
 from learner.distributed import SINGLE, Ranks, data_parallel
 from learner.model import PolicyWithValueHead, ReferenceTop, TokenBatch, pack
 from learner.rollout import Rollout
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 from proto.device import autocast
 
 # Loss statistics averaged over an iteration's micro-batches (IterationStats fields).
@@ -107,7 +107,7 @@ class PPOTrainer:
 
     def __init__(
         self,
-        cfg: LearnerConfig,
+        cfg: Settings,
         policy: PolicyWithValueHead,
         reference: ReferenceTop,
         ranks: Ranks = SINGLE,

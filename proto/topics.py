@@ -80,10 +80,8 @@ class EnsureTopics(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="the broker ($RLHF_KAFKA_*)")
 
     def cli_cmd(self) -> None:
-        from proto.kafka import (  # here: proto.kafka imports this module's topic names
-            RETRIED,
-            call_with_retry,
-        )
+        # imported here, not at the top: proto.kafka imports this module's topic names
+        from proto.kafka import RETRIED, call_with_retry
 
         try:
             created = call_with_retry(ensure_topics, self.kafka, what="creating topics", give_up_after_s=self.wait)

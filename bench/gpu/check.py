@@ -65,7 +65,7 @@ from learner.model import (
     load_tokenizer,
 )
 from learner.rollout import Rollout
-from learner.settings import LearnerConfig
+from learner.settings import Settings as LearnerSettings
 from learner.trainer import PPOTrainer
 from proto.device import autocast
 from proto.settings import ServiceSettings
@@ -151,7 +151,7 @@ def ppo_ours(
 ) -> dict:
     """Generate-mode iterations of our learner: sample, score in-process, ``PPOTrainer.step``."""
     batch, minibatch, micro = size
-    cfg = LearnerConfig(
+    cfg = LearnerSettings(
         state_dir=scratch / "learner",
         base_model=model,
         device=device.type,

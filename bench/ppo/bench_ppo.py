@@ -407,7 +407,7 @@ def run_learner(spec: dict) -> dict:
     except ImportError:  # the old side's commit predates the rename of learner/loop.py
         from learner import loop
     try:
-        from learner.settings import LearnerConfig
+        from learner.settings import Settings as LearnerConfig
     except ImportError:  # the old side's commit predates the rename of learner/config.py
         from learner.config import LearnerConfig
     from proto.settings import KafkaSettings

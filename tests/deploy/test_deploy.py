@@ -266,13 +266,13 @@ def test_alert_rules_are_documented():
 
 
 def test_scrape_targets_match_service_ports():
-    from learner.settings import LearnerConfig
+    from learner.settings import Settings as LearnerSettings
     from reward_service.settings import Settings as RewardSettings
     from serving.settings import Settings as ServingSettings
 
     ports = {"serving": ServingSettings.model_fields["port"].default,
              "reward": RewardSettings.model_fields["port"].default,
-             "learner": LearnerConfig.model_fields["metrics_port"].default}
+             "learner": LearnerSettings.model_fields["metrics_port"].default}
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == JOBS

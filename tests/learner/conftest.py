@@ -19,7 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from learner.model import chat_prompt_ids, load_lm, load_tokenizer, pack, response_logits
 from learner.ppo import logprobs_of
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 from proto import topics, wire
 from proto.events_pb2 import ChatMessage, Interaction, SamplingParams
 from proto.kafka import idempotent_producer, read_topic
@@ -149,7 +149,7 @@ def committed_offset(settings: KafkaSettings, group_id: str) -> int | None:
         consumer.close()
 
 
-def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **overrides) -> LearnerConfig:
+def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **overrides) -> Settings:
     """A learner sized for 2 shared cores: batch 4, 16-token responses, one held-out and one canary prompt."""
     prompts_dir.mkdir(parents=True, exist_ok=True)
     (prompts_dir / "heldout.jsonl").write_text(
@@ -180,10 +180,10 @@ def small_config(state_dir: Path, reward_url: str, prompts_dir: Path, **override
         max_iterations=1,
     )
     settings.update(overrides)
-    return LearnerConfig(**settings)
+    return Settings(**settings)
 
 
-def learner_env(cfg: LearnerConfig) -> dict[str, str]:
+def learner_env(cfg: Settings) -> dict[str, str]:
     """The environment variables that make ``python -m learner.cli ppo`` build ``cfg`` (Kafka's are
     ``tests.conftest.kafka_env``): ``RLHF_STATE_DIR``, ``RLHF_BASE_MODEL`` and ``RLHF_LEARNER_<FIELD>``."""
     own = cfg.model_dump(exclude_none=True, exclude=set(ServiceSettings.model_fields))

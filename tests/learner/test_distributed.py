@@ -29,7 +29,7 @@ from learner import distributed
 from learner.distributed import Ranks
 from learner.model import PolicyWithValueHead, ReferenceTop, load_lm
 from learner.rollout import Rollout
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 from learner.trainer import PPOTrainer
 from tests.conftest import ROOT, kafka_env
 from tests.learner.conftest import committed_offset, learner_env, produce, score_rule, small_config
@@ -46,11 +46,11 @@ SIZES = {
 }
 
 
-def _config(tmp: Path) -> LearnerConfig:
-    return LearnerConfig(state_dir=tmp, device="cpu", **SIZES)
+def _config(tmp: Path) -> Settings:
+    return Settings(state_dir=tmp, device="cpu", **SIZES)
 
 
-def _train(cfg: LearnerConfig, model_dir: Path, rollouts, scores, ranks: Ranks) -> tuple[dict, dict]:
+def _train(cfg: Settings, model_dir: Path, rollouts, scores, ranks: Ranks) -> tuple[dict, dict]:
     """One PPO iteration from version 0; the trained tensors and the iteration's statistics."""
     policy = PolicyWithValueHead(load_lm(model_dir, trainable=False), cfg.trainable_layers)
     trainer = PPOTrainer(cfg, policy, ReferenceTop(policy.lm, policy), ranks)

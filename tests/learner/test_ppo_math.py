@@ -7,7 +7,7 @@ import torch
 
 from learner import ppo
 from learner.model import pack
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 from learner.sft import response_only_loss
 
 approx = lambda x: pytest.approx(x, abs=1e-5)  # noqa: E731
@@ -102,7 +102,7 @@ def test_clipped_surrogate_by_hand():
 
 
 def test_kl_horizon_of_the_default_config_moves_beta_within_iterations():
-    cfg = LearnerConfig()
+    cfg = Settings()
     ctl = ppo.KLController(value=cfg.init_kl_coef, target=cfg.target_kl, horizon=cfg.kl_horizon)
     # KL far above target: error clipped to 0.2; a batch of 32 moves β by 0.2·32/256 = 2.5% per iteration
     assert ctl.update(100.0, n_steps=32) == approx(0.15 * 1.025)

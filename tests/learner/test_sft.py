@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from learner.model import load_lm, load_tokenizer
-from learner.settings import SFTConfig
+from learner.settings import SFTSettings
 from learner.sft import encode, read_demonstrations, response_only_loss, train
 
 DEMOS = [
@@ -33,7 +33,7 @@ def test_sft_lowers_reply_loss_and_writes_a_loadable_model(tmp_path, model_dir):
     demos.write_text("".join(json.dumps(d) + "\n" for d in DEMOS))
     assert [reply for _, reply in read_demonstrations(demos)] == ["Blue.", "Yes."]
     out = train(
-        SFTConfig(
+        SFTSettings(
             data=demos,
             output_dir=tmp_path / "sft",
             base_model=model_dir,
@@ -46,7 +46,7 @@ def test_sft_lowers_reply_loss_and_writes_a_loadable_model(tmp_path, model_dir):
         assert (out / name).is_file(), name
     assert _reply_loss(out, demos) < _reply_loss(model_dir, demos)
     with pytest.raises(FileExistsError):
-        train(SFTConfig(data=demos, output_dir=out, base_model=model_dir))
+        train(SFTSettings(data=demos, output_dir=out, base_model=model_dir))
 
 
 def test_a_demonstration_without_a_reply_is_rejected(tmp_path):

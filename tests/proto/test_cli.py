@@ -8,7 +8,8 @@ import proto.topics
 import reward_service.cli
 import serving.cli
 import serving.keys
-from learner.settings import LearnerConfig, SFTConfig
+from learner.settings import Settings as LearnerSettings
+from learner.settings import SFTSettings
 from proto import cli
 from reward_service.settings import Settings as RewardSettings
 from serving.settings import Settings as ServingSettings
@@ -18,8 +19,8 @@ COMMANDS = [
     (serving.cli.main, [], ServingSettings),
     (reward_service.cli.main, ["serve"], RewardSettings),
     (reward_service.cli.main, ["curve"], RewardSettings),
-    (learner.cli.main, ["ppo"], LearnerConfig),
-    (learner.cli.main, ["sft"], SFTConfig),
+    (learner.cli.main, ["ppo"], LearnerSettings),
+    (learner.cli.main, ["sft"], SFTSettings),
     (proto.topics.main, [], proto.topics.EnsureTopics),
     (serving.keys.main, [], serving.keys.Keys),
 ]

@@ -7,7 +7,7 @@ that machine would: only the resolution logic is under test, no tensor goes anyw
 import pytest
 import torch
 
-from learner.settings import LearnerConfig
+from learner.settings import Settings as LearnerSettings
 from proto.device import autocast, check_device, resolve_device
 from reward_service.settings import Settings as RewardSettings
 
@@ -40,11 +40,11 @@ def test_auto_is_cuda_with_cuda_and_each_rank_takes_its_local_gpu(monkeypatch):
 
 def test_this_machines_default_follows_torch_cuda():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device(LearnerConfig().device).type == expected
+    assert resolve_device(LearnerSettings().device).type == expected
     assert resolve_device(RewardSettings().device).type == expected
 
 
-@pytest.mark.parametrize("settings", [LearnerConfig, RewardSettings])
+@pytest.mark.parametrize("settings", [LearnerSettings, RewardSettings])
 def test_explicit_cuda_without_cuda_fails_when_settings_are_built(monkeypatch, settings):
     no_gpu(monkeypatch)
     with pytest.raises(ValueError, match="torch.cuda.is_available"):
@@ -55,10 +55,10 @@ def test_explicit_cuda_without_cuda_fails_when_settings_are_built(monkeypatch, s
     assert settings(device="auto").device == "auto"
 
 
-@pytest.mark.parametrize("settings", [LearnerConfig, RewardSettings])
+@pytest.mark.parametrize("settings", [LearnerSettings, RewardSettings])
 def test_device_from_the_environment_is_checked_too(monkeypatch, settings):
     no_gpu(monkeypatch)
-    prefix = "RLHF_LEARNER_" if settings is LearnerConfig else "RLHF_REWARD_"
+    prefix = "RLHF_LEARNER_" if settings is LearnerSettings else "RLHF_REWARD_"
     monkeypatch.setenv(prefix + "DEVICE", "cuda")
     with pytest.raises(ValueError, match="cuda"):
         settings()
@@ -75,10 +75,10 @@ def test_malformed_and_out_of_range_devices(monkeypatch):
 
 
 def test_dtype_setting_accepts_float32_and_bfloat16_only():
-    assert LearnerConfig().dtype == "float32" and RewardSettings().dtype == "float32"
-    assert LearnerConfig(dtype="bfloat16").dtype == "bfloat16"
+    assert LearnerSettings().dtype == "float32" and RewardSettings().dtype == "float32"
+    assert LearnerSettings(dtype="bfloat16").dtype == "bfloat16"
     with pytest.raises(ValueError):
-        LearnerConfig(dtype="float16")
+        LearnerSettings(dtype="float16")
     with pytest.raises(ValueError):
         RewardSettings(dtype="int8")
 

@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from learner.settings import LearnerConfig, SFTConfig
+from learner.settings import Settings as LearnerSettings
+from learner.settings import SFTSettings
 from proto.settings import ServiceSettings
 from reward_service.settings import Settings as RewardSettings
 from serving.settings import Settings as ServingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"RLHF_SERVING_": ServingSettings, "RLHF_REWARD_": RewardSettings, "RLHF_LEARNER_": LearnerConfig,
-            "RLHF_LEARNER_SFT_": SFTConfig}
+SERVICES = {"RLHF_SERVING_": ServingSettings, "RLHF_REWARD_": RewardSettings, "RLHF_LEARNER_": LearnerSettings,
+            "RLHF_LEARNER_SFT_": SFTSettings}
 SHARED = {"state_dir": "RLHF_STATE_DIR", "base_model": "RLHF_BASE_MODEL"}
 
 
@@ -26,7 +27,7 @@ def model(tmp_path) -> Path:
 
 
 def build(settings: type[ServiceSettings]) -> ServiceSettings:
-    return settings(data=Path("demos.jsonl"), output_dir=Path("out")) if settings is SFTConfig else settings()
+    return settings(data=Path("demos.jsonl"), output_dir=Path("out")) if settings is SFTSettings else settings()
 
 
 @pytest.mark.parametrize("settings", list(SERVICES.values()))

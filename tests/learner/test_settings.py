@@ -2,7 +2,7 @@
 
 import pytest
 
-from learner.settings import LearnerConfig
+from learner.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -14,12 +14,12 @@ from learner.settings import LearnerConfig
 )
 def test_inconsistent_batch_sizes_are_a_value_error(kwargs, words):
     with pytest.raises(ValueError, match=words):
-        LearnerConfig(**kwargs)
+        Settings(**kwargs)
 
 
 def test_environment_overrides_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("RLHF_LEARNER_BATCH_SIZE", "4")
     monkeypatch.setenv("RLHF_STATE_DIR", str(tmp_path))
-    cfg = LearnerConfig()
+    cfg = Settings()
     assert cfg.batch_size == 4
     assert cfg.store_uri == (tmp_path / "policies").as_uri()
