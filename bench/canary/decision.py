@@ -14,19 +14,16 @@ table and writes ``bench/results/canary-decision-<timestamp>.json``.
 """
 
 import argparse
-import json
 import os
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
+from bench.results import utc_stamp, write_json
 from learner.canary import CanaryRule
 from loop.report import wilson
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 DIFFERENCES = (0.0, 0.05, 0.10, -0.05, -0.10)
 
 
@@ -113,12 +110,9 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"CPU {cpu_seconds:.1f} s; load average (1/5/15 min) {load_before} before, {load_after} after; "
           f"minutes at {args.votes_per_minute:g} votes/min")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"canary-decision-{stamp}.json"
-    out.write_text(json.dumps({"rule": asdict(rule), "args": vars(args), "rows": rows,
-                               "cpu_seconds": cpu_seconds, "load_before": load_before,
-                               "load_after": load_after}, indent=2))
+    out = write_json(f"canary-decision-{utc_stamp('%Y%m%dT%H%M%SZ')}",
+                     {"rule": asdict(rule), "args": vars(args), "rows": rows, "cpu_seconds": cpu_seconds,
+                      "load_before": load_before, "load_after": load_after}, indent=2)
     print(f"wrote {out}")
 
 

@@ -20,7 +20,6 @@ broker's data under ``bench/results/chaos-<time>/``.
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import time
@@ -37,8 +36,9 @@ from bench.chaos.ledger import (
     load_states,
     reward_double_counts,
 )
+from bench.results import RESULTS, utc_stamp, write_json
 from loop import run as main_job
-from loop.processes import ROOT, Service, free_port, kafka_ctl
+from loop.processes import Service, free_port, kafka_ctl
 from loop.report import make_console, samples
 from loop.users import SimulatedUsers
 from proto import topics
@@ -47,7 +47,6 @@ from proto.settings import KafkaSettings
 from proto.topics import ensure_topics
 
 console = make_console()
-RESULTS = ROOT / "bench" / "results"
 POLL_S = 1.0
 
 
@@ -216,7 +215,7 @@ def table(result: dict) -> Table:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     out_dir = RESULTS / f"chaos-{stamp}"
     work, broker_dir = out_dir / "work", out_dir / "kafka"
     broker_port = free_port(consecutive=2)  # its controller listens on port + 1
@@ -265,9 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         result["reward_ledger"] = reward_double_counts(
             [s for s in load_states(work, "**/v[0-9]*/state.json") if "trained_feedback_ids" in s])
         result["learner_ledger"] = learner_double_counts(load_states(work, "**/iter-*/state.json"))
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"chaos-{stamp}.json"
-        path.write_text(json.dumps(result, indent=1))
+        path = write_json(f"chaos-{stamp}", result)
         console.print(table(result))
         console.print(f"JSON: {path}")
     finally:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # also runnable as `python bench/conformance/run.py`
     sys.path.insert(0, str(ROOT))
 
+from bench.results import RESULTS, utc_stamp, write_json  # noqa: E402
 from bench.serving.run import MODEL_NAME, make_service  # noqa: E402
 from proto.settings import KafkaSettings, ServiceSettings  # noqa: E402
 from proto.topics import ensure_topics  # noqa: E402
@@ -407,12 +408,12 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", help="run only these cases (default: all)")
     p.add_argument("--startup-timeout", type=float, default=400.0, help="per server start (s)")
     p.add_argument("--model-dir", type=Path, default=ServiceSettings().base_model)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = ARGS = p.parse_args()
     servers = list(dict.fromkeys(args.servers))
     cases = [c for c in CASES if not args.cases or c.name in args.cases]
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     run = {"logs": args.out / "logs" / f"conformance-{stamp}",
            "topic_prefix": f"bench-conformance-{stamp}-{uuid.uuid4().hex[:6]}."}
     run["logs"].mkdir(parents=True, exist_ok=True)
@@ -431,13 +432,12 @@ def main() -> None:
     title = (f"Chat completions conformance: {len(cases)} cases, {len(differ)} differ; "
              f"SmolLM2-135M-Instruct, {elapsed / 60:.1f} min")
     print_table(cases, results, servers, title)
-    path = args.out / f"conformance-{stamp}.json"
-    path.write_text(json.dumps({
+    path = write_json(f"conformance-{stamp}", {
         "benchmark": "conformance", "timestamp": stamp, "servers": servers, "elapsed_s": elapsed,
         "cases": [{"name": c.name, "openai": c.openai, "note": c.note,
                    **{s: results[s][c.name] for s in servers}} for c in cases],
         "differ": differ, "server_logs": str(run["logs"]),
-    }, indent=2, ensure_ascii=False))
+    }, args.out, indent=2, ensure_ascii=False)
     print(f"wrote {path}")
 
 

@@ -35,7 +35,6 @@ a random model never ends a response early, so every response has the full 64 to
 import argparse
 import gc
 import itertools
-import json
 import os
 import platform
 import random
@@ -55,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 from bench.ppo.bench_ppo import PROMPTS
+from bench.results import RESULTS, utc_stamp, write_json
 from bench.reward.run import make_inputs, make_votes
 from learner.model import (
     PolicyWithValueHead,
@@ -458,7 +458,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
     parser.add_argument("--iterations", type=int, default=3, help="timed PPO iterations per row")
     parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
@@ -541,10 +541,7 @@ def main() -> None:
             print_table(title, kind, results[kind])
         results["seconds"] = time.monotonic() - budget.start
         print(f"\nwhole run: {results['seconds']:.0f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"gpu-{'smoke-' if args.smoke else ''}{stamp}.json"
-    path.write_text(json.dumps(results, indent=1))
+    path = write_json(f"gpu-{'smoke-' if args.smoke else ''}{utc_stamp('%Y%m%dT%H%M%SZ')}", results, args.out)
     print(f"wrote {path}")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
+from bench.results import utc_stamp, write_json
 from loop.preference import PREFERENCES, distinct_trigram_ratio
 from loop.processes import Service, free_port
 from loop.report import wilson
@@ -31,7 +32,6 @@ from loop.users import load_prompts
 from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = "smollm2-135m-instruct"
 
 
@@ -112,10 +112,9 @@ def main() -> None:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, tuple)
                           else v for k, v in row.items()}))
     if not args.answers:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"preference-v0-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": os.getloadavg(),
-                                   "summary": rows, "answers": answers}, indent=1))
+        out = write_json(f"preference-v0-{utc_stamp()}", {"args": {k: str(v) for k, v in vars(args).items()},
+                                                        "load": os.getloadavg(), "summary": rows,
+                                                        "answers": answers})
         print(f"wrote {out}")
 
 

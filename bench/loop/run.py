@@ -41,11 +41,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from bench.results import RESULTS, utc_stamp, write_json
 from loop.preference import PREFERENCES
 from loop.processes import ROOT, free_port
 from loop.report import fmt_rate, make_console, samples, wilson
 
-RESULTS = ROOT / "bench" / "results"
 SERVICES = {"serving": "serving.cli", "reward": "reward_service.cli", "learner": "learner.cli"}
 MAIN_JOB = "main job (users)"
 LEARNER_SERIES = ("rlhf_learner_kl_to_reference", "rlhf_learner_kl_coef", "rlhf_learner_reward_mean",
@@ -296,7 +296,7 @@ def main() -> None:
     parser.add_argument("--loop-arg", action="append", default=[], metavar="FLAG=VALUE",
                         help="extra flag for loop.run, e.g. --loop-arg=--max-tokens=48 (repeatable)")
     args = parser.parse_args()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     work = RESULTS / f"loop-{stamp}"
     work.mkdir(parents=True)
     ports = {name: free_port() for name in SERVICES}
@@ -371,8 +371,7 @@ def main() -> None:
 
     console = make_console()
     print_tables(console, result)
-    out = RESULTS / f"loop-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
+    out = write_json(f"loop-{stamp}", result, indent=2, default=str)
     png = out.with_suffix(".png")
     plot(result, png)
     console.print(f"wrote {out}, {png}; the main job's report and logs: {work}")

@@ -34,14 +34,12 @@ adversary users is not run here.
 """
 
 import argparse
-import json
 import math
 import os
 import random
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -50,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.poison.adversaries import Voter, population
+from bench.results import RESULTS, utc_stamp, write_json
 from loop.preference import ConciseAndClean, Preference
 from loop.processes import Service, free_port
 from loop.report import fmt_rate, wilson
@@ -61,7 +60,6 @@ from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 from reward_service.checkpoint import CheckpointStore
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 SENTENCES = [
     "The short answer is that it depends on a few things.",
     "Many people find this approach helpful in practice.",
@@ -302,9 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(table)
     console.print("load average (1/5/15 min) at the start and after each arm: "
                   + "; ".join("/".join(f"{x:.1f}" for x in avg) for avg in load))
-    out = RESULTS / f"poison-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "stream_votes": len(turns), "arms": rows,
-                                "load_average": load}, indent=1))
+    out = write_json(f"poison-{utc_stamp()}", {"args": vars(args), "stream_votes": len(turns), "arms": rows,
+                                               "load_average": load})
     console.print(f"written {out}")
 
 

@@ -95,7 +95,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
 # Which learner code this process imports: the working tree, or (``old`` side) an extracted commit.
 CODE_DIR = Path(os.environ.get("BENCH_PPO_CODE_DIR", ROOT))
 sys.path.insert(0, str(CODE_DIR))
@@ -810,12 +809,13 @@ def main() -> None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch loads here (the score server)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Imported here, in the parent only: an ``old`` side's subprocess finds the old commit's bench/ first.
+    from bench.results import write_json
     from proto.settings import ServiceSettings
 
     model = ServiceSettings().base_model
     started = datetime.now(UTC)
     stamp = f"{started:%Y%m%dT%H%M%SZ}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     env = bench_env()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ppo-logs-"))
     print(f"logs: {log_dir}")
@@ -833,8 +833,7 @@ def main() -> None:
         batch = subprocess_side(spec, env, log_dir, 900)
         if "error" in batch:
             sys.exit(f"preparing the batch failed:\n{batch['error']}")
-        batch_path = RESULTS / f"ppo-{stamp}-batch.json"
-        batch_path.write_text(json.dumps(batch))
+        batch_path = write_json(f"ppo-{stamp}-batch", batch, indent=None)
     lengths = [len(e["response_token_ids"]) for e in batch["events"]]
     ended = sum(e["finish_reason"] == "stop" for e in batch["events"])
     print(
@@ -894,10 +893,9 @@ def main() -> None:
         "torch_threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "rerun": " ".join([".state/venv/bin/python", *sys.argv]),
     }
-    out = RESULTS / f"ppo-{stamp}.json"
-    out.write_text(json.dumps({**meta, "results": results}, indent=1))  # first, whatever report() does
+    out = write_json(f"ppo-{stamp}", {**meta, "results": results})  # first, whatever report() does
     report(results, meta)
-    out.write_text(json.dumps({**meta, "results": results}, indent=1))
+    write_json(f"ppo-{stamp}", {**meta, "results": results})
     print(f"\nwrote {out}")
 
 

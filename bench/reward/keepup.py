@@ -13,19 +13,18 @@ job's ``--max-tokens 64``).
 """
 
 import argparse
-import json
 import os
 import random
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.results import utc_stamp, write_json
 from loop.processes import Service, free_port
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
@@ -33,7 +32,6 @@ from proto.kafka import idempotent_producer
 from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORDS = "the a model answer is of to and in that it for you can this with be on as are at by".split()
 PROMPTS = [f"Question number {i}: what do you think?" for i in range(40)]
 
@@ -178,9 +176,7 @@ def main() -> None:
         f"held-out votes {result['heldout_votes']}, versions {result['model_version']}, "
         f"load average (1 min) {load_before:.2f} → {load_after:.2f}"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"reward-keepup-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(f"reward-keepup-{utc_stamp()}", result)
     print(f"written {out}")
 
 

@@ -14,14 +14,12 @@ writes ``bench/results/reward-<timestamp>.json``.
 """
 
 import argparse
-import json
 import os
 import platform
 import random
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 # As reward_service/cli.py does: sleep, not spin, in idle OpenMP workers on a shared machine.
@@ -29,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from bench.results import utc_stamp, write_json  # noqa: E402
 from reward_service.checkpoint import CheckpointStore  # noqa: E402
 from reward_service.metrics import RewardMetrics  # noqa: E402
 from reward_service.model import ChatEncoder, load_reward_model, load_tokenizer  # noqa: E402
@@ -38,7 +37,6 @@ from reward_service.settings import Settings  # noqa: E402
 from reward_service.store import Example, Pair  # noqa: E402
 from reward_service.trainer import Trainer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 WORDS = "the a model answer is of to and in that it for you can this with be on as are at by".split()
 PROMPTS = ["What is the capital of France?", "How do I boil an egg?", "Give me a tip for sleeping better."]
 
@@ -202,7 +200,7 @@ def main() -> None:
         f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
         f"torch threads {torch.get_num_threads()}"
     )
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     report = {
         "bench": "reward",
         "created_at": stamp,
@@ -225,9 +223,7 @@ def main() -> None:
             "response_tokens": args.response_tokens,
         },
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"reward-{stamp}.json"
-    out.write_text(json.dumps(report, indent=1))
+    out = write_json(f"reward-{stamp}", report)
     print(f"written {out}")
 
 

@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # also runnable as `python bench/serving/run.py`
     sys.path.insert(0, str(ROOT))
 
+from bench.results import RESULTS, utc_stamp, write_json  # noqa: E402
 from loop.processes import Service, free_port  # noqa: E402
 from proto.api_keys import KeyFile  # noqa: E402
 from proto.settings import KafkaSettings, ServiceSettings, state_dir  # noqa: E402
@@ -335,12 +336,12 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="per request (s)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="per server start (s)")
     p.add_argument("--model-dir", type=Path, default=ServiceSettings().base_model)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     servers = list(dict.fromkeys(args.servers))
     levels = [(c, args.requests or max(8, 2 * c)) for c in args.concurrency]
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     run = {"logs": args.out / "logs" / f"serving-{stamp}",
            "topic_prefix": f"bench-{stamp}-{uuid.uuid4().hex[:6]}."}
     run["logs"].mkdir(parents=True, exist_ok=True)
@@ -386,8 +387,7 @@ def main() -> None:
         "samples": {s: {c: lv["samples"] for c, lv in raw[s]["levels"].items()} for s in servers},
         "server_logs": str(run["logs"]),
     }
-    path = args.out / f"serving-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_json(f"serving-{stamp}", result, args.out, indent=2)
     print(f"wrote {path}")
 
 

@@ -12,7 +12,6 @@ time the API was down and the requests that failed. Prints a table; writes ``ben
 """
 
 import argparse
-import json
 import os
 import threading
 import time
@@ -24,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loop.processes import ROOT, Service, free_port
+from bench.results import RESULTS, utc_stamp, write_json
+from loop.processes import Service, free_port
 from proto import topics, wire
 from proto.api_keys import KeyFile
 from proto.events_pb2 import PolicyStatus, PolicyVersion
@@ -34,7 +34,6 @@ from proto.settings import KafkaSettings, ServiceSettings
 from proto.topics import ensure_topics
 
 MODEL = "smollm2-135m-instruct"
-RESULTS = ROOT / "bench" / "results"
 
 
 class Load:
@@ -83,7 +82,7 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=4)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     work = RESULTS / f"swap-{stamp}"
     base = ServiceSettings().base_model
     perturbed = work / "perturbed"
@@ -149,9 +148,9 @@ def main() -> None:
     peer.add_row(f"in-place swap (mean of {len(swaps)})", f"{mean_pause:.2f}", str(swap_failed), str(swap_ok))
     peer.add_row("restart serving", f"{restart_down_s:.1f}", str(restart_failed), "")
     console.print(peer)
-    out = RESULTS / f"swap-{stamp}.json"
-    out.write_text(json.dumps({"args": vars(args), "swaps": swaps, "swap_failed": swap_failed, "swap_ok": swap_ok,
-                               "restart_down_s": restart_down_s, "restart_failed": restart_failed}, indent=2))
+    out = write_json(f"swap-{stamp}", {"args": vars(args), "swaps": swaps, "swap_failed": swap_failed,
+                                       "swap_ok": swap_ok, "restart_down_s": restart_down_s,
+                                       "restart_failed": restart_failed}, indent=2)
     console.print(f"wrote {out}")
 
 
