@@ -211,19 +211,12 @@ def ppo_ours(
 
 def ppo_trl(model: Path, device, size, iterations: int, warmup: int, length: int, scratch) -> dict:
     """TRL's PPOTrainer on the same prompts and sizes, float32; timed from step end to step end."""
-    from datasets import Dataset
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        TrainerCallback,
-    )
-    from trl.experimental.ppo import PPOConfig
-    from trl.experimental.ppo import PPOTrainer as TRLPPOTrainer
+    from transformers import AutoModelForSequenceClassification, TrainerCallback
+
+    from bench.trl_ppo import trl_ppo_trainer, trl_tokenizer
 
     batch, minibatch, _ = size
-    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
-    tokenizer.pad_token = "<|endoftext|>"  # TRL masks by pad id; <|im_end|> must stay visible
+    tokenizer = trl_tokenizer(model)
     episodes = batch * (warmup + iterations)
     _, prompt_ids = prompts_for(tokenizer, episodes)
 
@@ -242,35 +235,20 @@ def ppo_trl(model: Path, device, size, iterations: int, warmup: int, length: int
             sync(device)
             marks.append(time.perf_counter())
 
-    config = PPOConfig(
+    trainer = trl_ppo_trainer(
+        model,
+        tokenizer,
+        scalar_model,
+        prompt_ids,
+        prompt_ids[:batch],
         output_dir=str(scratch / "trl"),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
+        batch=batch,
         num_mini_batches=batch // minibatch,
-        num_ppo_epochs=EPOCHS,
+        epochs=EPOCHS,
         response_length=length,
-        temperature=1.0,
-        stop_token="eos",
-        total_episodes=episodes,
-        local_rollout_forward_batch_size=min(batch, 64),
-        num_sample_generations=0,
-        report_to="none",
-        save_strategy="no",
+        episodes=episodes,
+        rollout_batch=min(batch, 64),
         use_cpu=device.type == "cpu",
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-        logging_steps=1,
-    )
-    trainer = TRLPPOTrainer(
-        args=config,
-        processing_class=tokenizer,
-        model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
-        ref_model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
-        reward_model=scalar_model(),
-        value_model=scalar_model(),
-        train_dataset=Dataset.from_dict({"input_ids": prompt_ids}),
-        eval_dataset=Dataset.from_dict({"input_ids": prompt_ids[:batch]}),
         callbacks=[Clock()],
     )
     trainer.train()

@@ -514,25 +514,19 @@ def run_learner(spec: dict) -> dict:
 
 def run_trl(spec: dict) -> dict:
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from transformers import TrainerCallback
+
+    from bench.trl_ppo import trl_ppo_trainer, trl_tokenizer  # the trl side runs on this tree (CODE_DIR)
 
     model_dir = Path(spec["model"])
     startup_wall, startup_cpu = time.perf_counter(), cpu_seconds()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    tokenizer.pad_token = "<|endoftext|>"  # TRL masks by pad id; <|im_end|> must stay visible
+    tokenizer = trl_tokenizer(model_dir)
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True
         )["input_ids"]
         for p in PROMPTS[: spec["events"]]
     ]
-    dataset = Dataset.from_dict({"input_ids": prompts})
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    value = reward_model(model_dir)
-    rm = reward_model(model_dir)
 
     marks: list[tuple[float, float, list[float]]] = []  # (wall, cpu, loadavg) at train begin, each step end
 
@@ -544,37 +538,22 @@ def run_trl(spec: dict) -> dict:
             marks.append((time.perf_counter(), cpu_seconds(), loadavg()))
 
     with tempfile.TemporaryDirectory() as out:
-        config = PPOConfig(
+        trainer = trl_ppo_trainer(
+            model_dir,
+            tokenizer,
+            lambda: reward_model(model_dir),
+            prompts,
+            prompts,
             output_dir=out,
-            per_device_train_batch_size=TRL_BATCH,  # batch = this × gradient_accumulation_steps
-            gradient_accumulation_steps=1,
+            batch=TRL_BATCH,
             num_mini_batches=TRL_MINIBATCHES,  # 2 minibatches of 4, each one micro-batch
-            num_ppo_epochs=TRL_EPOCHS,
+            epochs=TRL_EPOCHS,
             response_length=RESPONSE_LENGTH,
-            temperature=1.0,
-            stop_token="eos",
-            total_episodes=spec["trl_episodes"],
-            learning_rate=TRL_LR,
-            local_rollout_forward_batch_size=TRL_BATCH,
-            num_sample_generations=0,
-            report_to="none",
-            save_strategy="no",
+            episodes=spec["trl_episodes"],
+            rollout_batch=TRL_BATCH,
             use_cpu=True,
-            bf16=False,
-            seed=0,
-            disable_tqdm=True,
-            logging_steps=1,
-        )
-        trainer = PPOTrainer(
-            args=config,
-            processing_class=tokenizer,
-            model=policy,
-            ref_model=ref,
-            reward_model=rm,
-            train_dataset=dataset,
-            value_model=value,
-            eval_dataset=dataset,
             callbacks=[Clock()],
+            learning_rate=TRL_LR,
         )
         startup = {"wall_s": time.perf_counter() - startup_wall, "cpu_s": cpu_seconds() - startup_cpu}
         trainer.train()
