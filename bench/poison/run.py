@@ -49,6 +49,7 @@ from rich.table import Table
 
 from bench.poison.adversaries import Voter, population
 from bench.results import RESULTS, utc_stamp, write_json
+from bench.sentences import FILLER
 from loop.preference import ConciseAndClean, Preference
 from loop.processes import Service, free_port
 from loop.report import fmt_rate, wilson
@@ -61,16 +62,7 @@ from proto.topics import ensure_topics
 from reward_service.checkpoint import CheckpointStore
 
 SENTENCES = [
-    "The short answer is that it depends on a few things.",
-    "Many people find this approach helpful in practice.",
-    "You can start with the simplest option and adjust later.",
-    "It is worth checking a reliable source as well.",
-    "In most cases the usual method works well enough.",
-    "Try it once and see how it feels for you.",
-    "Experts often recommend keeping things simple.",
-    "There are several ways to think about this topic.",
-    "A little patience usually goes a long way here.",
-    "The details can vary from one situation to another.",
+    *FILLER,
     "Write down what you learn so you can come back to it.",
     "Ask someone who has done it before if you can.",
 ]

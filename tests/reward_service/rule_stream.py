@@ -10,6 +10,7 @@ import random
 import uuid
 from dataclasses import dataclass
 
+from bench.sentences import FILLER
 from proto import wire
 from proto.events_pb2 import ChatMessage, Feedback, Interaction, Rating
 
@@ -34,16 +35,7 @@ PROMPTS = [
 
 SENTENCES = [
     "That is a good question to ask.",
-    "The short answer is that it depends on a few things.",
-    "Many people find this approach helpful in practice.",
-    "You can start with the simplest option and adjust later.",
-    "It is worth checking a reliable source as well.",
-    "In most cases the usual method works well enough.",
-    "Try it once and see how it feels for you.",
-    "Experts often recommend keeping things simple.",
-    "There are several ways to think about this topic.",
-    "A little patience usually goes a long way here.",
-    "The details can vary from one situation to another.",
+    *FILLER,
     "This is something a lot of people wonder about.",
 ]
 
