@@ -5,6 +5,7 @@ The reward service is replaced by a test double (``scorer``): a FastAPI app impl
 test may set (``SCORER``). Kafka and the model are real.
 """
 
+import json
 import socket
 import threading
 import time
@@ -189,3 +190,66 @@ def learner_env(cfg: Settings) -> dict[str, str]:
     own = cfg.model_dump(exclude_none=True, exclude=set(ServiceSettings.model_fields))
     return {"RLHF_STATE_DIR": str(cfg.state_dir), "RLHF_BASE_MODEL": str(cfg.base_model),
             **{f"RLHF_LEARNER_{k.upper()}": str(v) for k, v in own.items()}}
+
+
+def top_layers_are_reference(learner) -> bool:
+    """The policy's trained top layers equal the reference's, which holds the weights the learner started
+    from (version 0's, or those of the promoted version it loaded): nothing trained has stuck."""
+    reference = learner.trainer.reference.state_dict()
+    top = {
+        f"layers.{i}.{k}": v
+        for i, layer in enumerate(learner.policy.top_layers)
+        for k, v in layer.state_dict().items()
+    }
+    return all(torch.equal(v, reference[k]) for k, v in top.items())
+
+
+def kill_run_config(tmp_path: Path, reward_url: str, **overrides) -> Settings:
+    """The learner the kill -9 tests interrupt: 12 events in three iterations of 4, each checkpointed and
+    none published, so that a kill after the first checkpoint lands with the second in flight."""
+    return small_config(
+        tmp_path / "state",
+        reward_url,
+        tmp_path / "prompts",
+        ppo_epochs=1,
+        max_iterations=3,
+        publish_every=1000,
+        keep_checkpoints=5,
+        **overrides,
+    )
+
+
+def wait_for_first_checkpoint(
+    proc, settings: KafkaSettings, cfg: Settings, log_path: Path, what: str
+) -> None:
+    """Until the first checkpoint is on disk and its offsets are committed (400 s at most): the second
+    iteration is then under way (each takes seconds here), its batch consumed but not saved."""
+    deadline = time.monotonic() + 400
+    while not (
+        (cfg.checkpoint_dir / "iter-00000001").exists() and committed_offset(settings, cfg.group_id) == 4
+    ):
+        assert proc.poll() is None, f"{what} exited early; see {log_path}"
+        assert time.monotonic() < deadline, f"no first checkpoint in time; see {log_path}"
+        time.sleep(0.2)
+
+
+def assert_killed_between_checkpoints(settings: KafkaSettings, cfg: Settings) -> None:
+    """The kill came before the last iteration, and the committed offsets are not ahead of the last
+    checkpoint."""
+    killed_at = max(int(d.name.split("-")[1]) for d in cfg.checkpoint_dir.glob("iter-*"))
+    assert killed_at < 3, "the kill came too late to test anything"
+    assert committed_offset(settings, cfg.group_id) <= 4 * killed_at
+
+
+def assert_each_event_trained_once(settings: KafkaSettings, cfg: Settings, events: list[Interaction]) -> dict:
+    """After the kill run's restart: three checkpoints that trained every event once, none twice, all 12
+    committed, no half-written checkpoint. Returns the last checkpoint's state."""
+    checkpoints = cfg.checkpoint_dir
+    states = [json.loads((d / "state.json").read_text()) for d in sorted(checkpoints.glob("iter-*"))]
+    assert [s["iteration"] for s in states] == [1, 2, 3]
+    trained = [rid for s in states for rid in s["response_ids"]]
+    assert sorted(trained) == sorted(e.response_id for e in events)  # every event once, none twice
+    assert states[-1]["events_consumed"] == 12
+    assert committed_offset(settings, cfg.group_id) == 12
+    assert not list(checkpoints.glob(".tmp-*"))
+    return states[-1]

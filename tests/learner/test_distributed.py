@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,15 @@ from learner.rollout import Rollout
 from learner.settings import Settings
 from learner.trainer import PPOTrainer
 from tests.conftest import ROOT, kafka_env
-from tests.learner.conftest import committed_offset, learner_env, produce, score_rule, small_config
+from tests.learner.conftest import (
+    assert_each_event_trained_once,
+    assert_killed_between_checkpoints,
+    kill_run_config,
+    learner_env,
+    produce,
+    score_rule,
+    wait_for_first_checkpoint,
+)
 
 WORLD = 2
 TOLERANCE = 1e-6
@@ -163,17 +170,8 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 def test_kill_9_of_a_rank_is_recovered_by_torchrun(tmp_path, fresh_kafka, scorer, make_interactions):
     events = make_interactions(12)
     produce(fresh_kafka, events)
-    cfg = small_config(
-        tmp_path / "state",
-        scorer,
-        tmp_path / "prompts",
-        device="cpu",
-        minibatch_size=4,  # one micro-batch of 2 for each rank
-        ppo_epochs=1,
-        max_iterations=3,
-        publish_every=1000,
-        keep_checkpoints=5,
-    )
+    # Minibatches of 4: one micro-batch of 2 for each rank.
+    cfg = kill_run_config(tmp_path, scorer, device="cpu", minibatch_size=4)
     # A fresh rendezvous store per restart (see learner/distributed.py: the shared one keeps the killed
     # ranks' addresses).
     env = {**os.environ, **kafka_env(fresh_kafka), **learner_env(cfg),
@@ -182,25 +180,16 @@ def test_kill_9_of_a_rank_is_recovered_by_torchrun(tmp_path, fresh_kafka, scorer
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
         "--max-restarts", "1", "-m", "learner.cli", "ppo",
     ]  # fmt: skip
-    checkpoints = cfg.checkpoint_dir
     log_path = tmp_path / "torchrun.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            # Once the first checkpoint is on disk and committed, iteration 2 is under way: kill rank 1.
-            deadline = time.monotonic() + 400
-            while not (
-                (checkpoints / "iter-00000001").exists() and committed_offset(fresh_kafka, cfg.group_id) == 4
-            ):
-                assert proc.poll() is None, f"torchrun exited early; see {log_path}"
-                assert time.monotonic() < deadline, f"no first checkpoint in time; see {log_path}"
-                time.sleep(0.2)
+            # Once the first checkpoint is committed, iteration 2 is under way: kill rank 1.
+            wait_for_first_checkpoint(proc, fresh_kafka, cfg, log_path, "torchrun")
             victim = _rank_pid(proc.pid, 1)
             assert victim is not None, "rank 1 not found among torchrun's children"
             os.kill(victim, signal.SIGKILL)
-            killed_at = max(int(d.name.split("-")[1]) for d in checkpoints.glob("iter-*"))
-            assert killed_at < 3, "the kill came too late to test anything"
-            assert committed_offset(fresh_kafka, cfg.group_id) <= 4 * killed_at
+            assert_killed_between_checkpoints(fresh_kafka, cfg)
             assert proc.wait(timeout=600) == 0, f"torchrun failed; see {log_path}"
         finally:
             if proc.poll() is None:
@@ -209,10 +198,4 @@ def test_kill_9_of_a_rank_is_recovered_by_torchrun(tmp_path, fresh_kafka, scorer
 
     text = log_path.read_text(errors="replace")
     assert "resumed from" in text, "rank 0 did not resume from a checkpoint after the restart"
-    states = [json.loads((d / "state.json").read_text()) for d in sorted(checkpoints.glob("iter-*"))]
-    assert [s["iteration"] for s in states] == [1, 2, 3]
-    trained = [rid for s in states for rid in s["response_ids"]]
-    assert sorted(trained) == sorted(e.response_id for e in events)  # every event once, none twice
-    assert states[-1]["events_consumed"] == 12
-    assert committed_offset(fresh_kafka, cfg.group_id) == 12
-    assert not list(checkpoints.glob(".tmp-*"))
+    assert_each_event_trained_once(fresh_kafka, cfg, events)

@@ -21,7 +21,7 @@ from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.kafka import idempotent_producer
 from proto.policy_log import PolicyLog
-from tests.learner.conftest import produce, read_policy_records, small_config
+from tests.learner.conftest import produce, read_policy_records, small_config, top_layers_are_reference
 
 S = PolicyStatus
 PROMOTED, ROLLED_BACK = S.POLICY_STATUS_PROMOTED, S.POLICY_STATUS_ROLLED_BACK
@@ -61,17 +61,6 @@ def _metric(learner: Learner, name: str) -> float:
 
 def _trained(learner: Learner) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in learner.policy.lm.named_parameters() if p.requires_grad}
-
-
-def _is_v0(learner: Learner) -> bool:
-    """The policy's trained top layers equal version 0's (which the reference holds)."""
-    reference = learner.trainer.reference.state_dict()
-    top = {
-        f"layers.{i}.{k}": v
-        for i, layer in enumerate(learner.policy.top_layers)
-        for k, v in layer.state_dict().items()
-    }
-    return all(torch.equal(v, reference[k]) for k, v in top.items())
 
 
 def _config(tmp_path, scorer):
@@ -126,7 +115,7 @@ def test_a_rollback_rebaselines_on_the_served_version_and_nothing_descends_from_
     learner = Learner(cfg, fresh_kafka)
     try:
         assert learner.state.parent_version == 0 and learner.state.iteration == 1
-        assert _is_v0(learner) and not learner.trainer.optimizer.state
+        assert top_layers_are_reference(learner) and not learner.trainer.optimizer.state  # v0's
         assert not (cfg.checkpoint_dir / "iter-00000001-0002").exists()  # nothing left to re-baseline
     finally:
         learner.close()
@@ -152,7 +141,7 @@ def test_a_pin_holds_publishing_survives_a_restart_and_the_unpin_resumes_it(
         stats = learner.iterate(threading.Event())
         assert stats is not None and learner.state.iteration == 2
         assert learner.state.parent_version == 0 and learner.state.pinned_version == 0
-        assert not _is_v0(learner)  # it trained on, from v0
+        assert not top_layers_are_reference(learner)  # it trained on, from v0
         assert _metric(learner, PAUSED) == 1
         assert len(read_policy_records(fresh_kafka)) == before
         assert "v0 is pinned by an operator: training from it, no candidate gated or published" in caplog.text

@@ -15,11 +15,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from learner.checkpoint import PendingPublication
 from learner.reward import RewardClient
 from learner.service import Learner
+from learner.trainer import IterationStats
 from proto import topics, wire
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 from proto.kafka import idempotent_producer
 from proto.policy_store import local_dir, weights_sha256
-from tests.learner.conftest import SCORER, committed_offset, produce, read_policy_records, small_config
+from tests.learner.conftest import (
+    SCORER,
+    committed_offset,
+    produce,
+    read_policy_records,
+    small_config,
+    top_layers_are_reference,
+)
 
 PROMOTED, REJECTED = PolicyStatus.POLICY_STATUS_PROMOTED, PolicyStatus.POLICY_STATUS_REJECTED
 
@@ -28,6 +36,19 @@ def _metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))
+
+
+def _iterate_once(cfg, kafka) -> tuple[Learner, IterationStats | None, bool]:
+    """One iteration of a fresh learner, closed afterwards: the learner, the iteration's stats, and whether
+    it changed any weight of the policy."""
+    learner = Learner(cfg, kafka)
+    try:
+        before = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
+        stats = learner.iterate(threading.Event())
+        after = learner.policy.lm.state_dict()
+    finally:
+        learner.close()
+    return learner, stats, any(not torch.equal(before[k], after[k]) for k in after)
 
 
 def test_one_live_iteration_publishes_a_loadable_v1(
@@ -132,13 +153,7 @@ def test_a_version_that_breaks_a_gate_is_recorded_as_rejected(
         metrics = httpx.get(f"http://127.0.0.1:{learner.metrics_port}/metrics").text
         # The rejected candidate is discarded: training resumes from v3's weights (the bundled model's,
         # whose top layers the reference also holds) with fresh optimizer moments.
-        reference = learner.trainer.reference.state_dict()
-        top = {
-            f"layers.{i}.{k}": v
-            for i, layer in enumerate(learner.policy.top_layers)
-            for k, v in layer.state_dict().items()
-        }
-        assert all(torch.equal(v, reference[k]) for k, v in top.items())
+        assert top_layers_are_reference(learner)
         assert not learner.trainer.optimizer.state
     finally:
         learner.close()
@@ -178,18 +193,12 @@ def test_generate_mode_samples_its_own_responses_for_live_prompts(
         minibatch_size=4,
         publish_every=1000,
     )
-    learner = Learner(cfg, fresh_kafka)
-    try:
-        before = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
-        stats = learner.iterate(threading.Event())
-        after = learner.policy.lm.state_dict()
-    finally:
-        learner.close()
+    learner, stats, moved = _iterate_once(cfg, fresh_kafka)
     assert stats is not None and stats.behaviour_gap is None  # no behaviour log-probs: on-policy samples
     assert stats.ratio_mean == pytest.approx(1.0, abs=1e-4)  # one step from π_old = π_θk
     assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)
     assert learner.state.dropped == {}
-    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert moved
     assert read_policy_records(fresh_kafka) == []
 
 
@@ -201,19 +210,13 @@ def test_temperature_07_traffic_gets_truncated_importance_weights(
     events = make_interactions(4, temperature=0.7)
     produce(fresh_kafka, events[:2] + events[:1] + events[2:])  # a redelivery: dropped as a duplicate
     cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", publish_every=1000)
-    learner = Learner(cfg, fresh_kafka)
-    try:
-        before = {k: v.clone() for k, v in learner.policy.lm.state_dict().items()}
-        first = learner.iterate(threading.Event())
-        after = learner.policy.lm.state_dict()
-    finally:
-        learner.close()
+    learner, first, moved = _iterate_once(cfg, fresh_kafka)
     assert first is not None
     # Sharpening makes likely tokens likelier under π_b: log π_θk − log π_b differs from 0 on every token.
     assert first.behaviour_gap > 0.01
     assert 0.0 <= first.truncated_fraction < 1.0
     assert all(map(torch.isfinite, (torch.tensor(first.policy_loss), torch.tensor(first.value_loss))))
-    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert moved
     assert sorted(learner.state.response_ids) == sorted(e.response_id for e in events)
     assert learner.state.dropped == {"duplicate": 1}
 

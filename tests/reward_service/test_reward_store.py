@@ -84,19 +84,13 @@ def test_inserts_are_idempotent(store):
     assert trained_ids(store) == ["f1"]
 
 
-def test_replacement_trains_only_the_latest_vote(store):
+@pytest.mark.parametrize("replacement_first", [False, True], ids=["in_order", "replacement_first"])
+def test_replacement_trains_only_the_latest_vote(store, replacement_first):
     (r,) = training_ids(1)
     store.add_interaction(interaction(r))
-    store.add_vote(vote("f1", r, UP, user="u1", at=1.0))
-    store.add_vote(vote("f2", r, DOWN, user="u1", at=2.0))
-    assert trained_ids(store) == ["f2"]
-
-
-def test_replacement_arriving_first_still_supersedes(store):
-    (r,) = training_ids(1)
-    store.add_interaction(interaction(r))
-    store.add_vote(vote("f2", r, DOWN, user="u1", at=2.0))
-    store.add_vote(vote("f1", r, UP, user="u1", at=1.0))
+    votes = [vote("f1", r, UP, user="u1", at=1.0), vote("f2", r, DOWN, user="u1", at=2.0)]
+    for v in reversed(votes) if replacement_first else votes:
+        store.add_vote(v)
     assert trained_ids(store) == ["f2"]
 
 
