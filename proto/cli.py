@@ -10,6 +10,7 @@ A value comes from, in rising priority: the field's default, its environment var
 import logging
 import sys
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -21,11 +22,17 @@ def run(
     """Parse ``argv`` (default ``sys.argv[1:]``) into ``command``, send log lines of ``log_level`` and above
     to stderr, and run its ``cli_cmd``; returns the command's settings.
 
-    ``prog`` is the program name ``--help`` shows. A bad flag or value prints the usage and exits with
-    status 2 (argparse's convention); a value that fails validation raises ``pydantic.ValidationError``.
+    ``prog`` is the program name ``--help`` shows. A bad flag prints the usage, and a setting that fails
+    validation (from a flag or the environment) prints what is wrong with it; both exit with status 2
+    (argparse's convention).
     """
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     # case_sensitive=False: the shared settings' aliases (RLHF_STATE_DIR) become lower-case flags too
     source = CliSettingsSource(command, cli_prog_name=prog, cli_kebab_case=True, cli_implicit_flags=True,
                                case_sensitive=False)
-    return CliApp.run(command, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=source)
+    try:
+        return CliApp.run(command, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=source)
+    except ValidationError as exc:
+        # An operator's mistake, not a bug: what to change, without a traceback.
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -17,11 +17,22 @@ command line (proto/cli.py) the shared facts are ``--rlhf-state-dir``, ``--rlhf-
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
+# Variables that named a shared fact before it had one name. Still set, they would be ignored silently
+# (an operator's model or state directory replaced by the default), so they stop the service instead.
+RETIRED_VARIABLES = {
+    "RLHF_SERVING_MODEL_PATH": "RLHF_BASE_MODEL",
+    "RLHF_REWARD_BASE_MODEL": "RLHF_BASE_MODEL",
+    "RLHF_LEARNER_INIT_MODEL": "RLHF_BASE_MODEL",
+    "RLHF_LEARNER_SFT_BASE_MODEL": "RLHF_BASE_MODEL",
+    "RLHF_SERVING_STATE_DIR": "RLHF_STATE_DIR",
+    "RLHF_REWARD_STATE_DIR": "RLHF_STATE_DIR",
+    "RLHF_LEARNER_STATE_DIR": "RLHF_STATE_DIR",
+}
 
 
 def state_dir() -> Path:
@@ -72,3 +83,11 @@ class ServiceSettings(BaseSettings):
         "and the reward model's backbone ($RLHF_BASE_MODEL; default <state_dir>/models/" + BASE_MODEL_NAME + ")",
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="the broker ($RLHF_KAFKA_*)")
+
+    @model_validator(mode="after")
+    def _no_retired_variables(self) -> "ServiceSettings":
+        retired = sorted(name for name in RETIRED_VARIABLES if name in os.environ)
+        if retired:
+            raise ValueError("; ".join(f"{name} is no longer read: set {RETIRED_VARIABLES[name]} instead"
+                                       for name in retired))
+        return self

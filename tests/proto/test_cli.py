@@ -70,6 +70,15 @@ def test_a_subcommand_is_required(capsys):
     assert exit.value.code != 0
 
 
+def test_a_bad_setting_says_what_to_change_without_a_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("RLHF_REWARD_TRAIN_BATCH_SIZE", "0")
+    with pytest.raises(SystemExit) as exit:
+        reward_service.cli.main(["serve"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf-reward: error:") and "train_batch_size" in err and "Traceback" not in err
+
+
 def test_the_keys_cli_adds_lists_and_revokes(capsys, tmp_path):
     path = tmp_path / "api_keys"
     serving.keys.main(["--api-keys-file", str(path), "add", "carol"])

@@ -7,7 +7,7 @@ import yaml
 
 from learner.settings import Settings as LearnerSettings
 from learner.settings import SFTSettings
-from proto.settings import ServiceSettings
+from proto.settings import RETIRED_VARIABLES, ServiceSettings
 from reward_service.settings import Settings as RewardSettings
 from serving.settings import Settings as ServingSettings
 
@@ -44,9 +44,19 @@ def test_a_shared_fact_has_no_second_variable(monkeypatch, tmp_path, model, pref
     monkeypatch.setenv("RLHF_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("RLHF_BASE_MODEL", str(model))
     for field in SHARED:
-        monkeypatch.setenv(prefix + field.upper(), "/elsewhere")
+        if prefix + field.upper() not in RETIRED_VARIABLES:
+            monkeypatch.setenv(prefix + field.upper(), "/elsewhere")
     built = build(settings)
     assert (built.state_dir, built.base_model) == (tmp_path, model)
+
+
+@pytest.mark.parametrize("retired, successor", sorted(RETIRED_VARIABLES.items()))
+def test_a_retired_variable_stops_a_service_naming_its_successor(monkeypatch, model, retired, successor):
+    monkeypatch.setenv("RLHF_BASE_MODEL", str(model))
+    monkeypatch.setenv(retired, "/old/setting")
+    for settings in SERVICES.values():
+        with pytest.raises(ValueError, match=f"{retired} is no longer read: set {successor} instead"):
+            build(settings)
 
 
 def test_the_base_model_defaults_to_the_bundled_one_under_the_state_dir(monkeypatch, tmp_path):
