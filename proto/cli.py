@@ -31,7 +31,8 @@ def run(
     source = CliSettingsSource(command, cli_prog_name=prog, cli_kebab_case=True, cli_implicit_flags=True,
                                case_sensitive=False)
     try:
-        return CliApp.run(command, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=source)
+        args = sys.argv[1:] if argv is None else argv
+        return CliApp.run(command, cli_args=args, cli_settings_source=source)
     except ValidationError as exc:
         # An operator's mistake, not a bug: what to change, without a traceback.
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -56,7 +56,9 @@ class KafkaSettings(BaseSettings):
         default_factory=lambda: f"127.0.0.1:{os.environ.get('RLHF_KAFKA_PORT', '9092')}",
         description="host:port[,host:port...] of the Kafka brokers",
     )
-    topic_prefix: str = Field("rlhf.", description="prefix of every topic name, so one cluster holds several loops")
+    topic_prefix: str = Field(
+        "rlhf.", description="prefix of every topic name, so one cluster holds several loops"
+    )
     partitions: int = Field(1, ge=1, description="partitions of a topic this loop creates")
     replication_factor: int = Field(1, ge=1, description="replicas of a topic this loop creates")
 
@@ -80,7 +82,8 @@ class ServiceSettings(BaseSettings):
         default_factory=bundled_model,
         validation_alias="RLHF_BASE_MODEL",
         description="Hugging Face directory of the SFT chat model: policy version 0, the frozen reference "
-        "and the reward model's backbone ($RLHF_BASE_MODEL; default <state_dir>/models/" + BASE_MODEL_NAME + ")",
+        "and the reward model's backbone ($RLHF_BASE_MODEL; default <state_dir>/models/"
+        + BASE_MODEL_NAME + ")",
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="the broker ($RLHF_KAFKA_*)")
 

@@ -12,8 +12,8 @@ from reward_service.settings import Settings as RewardSettings
 from serving.settings import Settings as ServingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"RLHF_SERVING_": ServingSettings, "RLHF_REWARD_": RewardSettings, "RLHF_LEARNER_": LearnerSettings,
-            "RLHF_LEARNER_SFT_": SFTSettings}
+SERVICES = {"RLHF_SERVING_": ServingSettings, "RLHF_REWARD_": RewardSettings,
+            "RLHF_LEARNER_": LearnerSettings, "RLHF_LEARNER_SFT_": SFTSettings}
 SHARED = {"state_dir": "RLHF_STATE_DIR", "base_model": "RLHF_BASE_MODEL"}
 
 
@@ -27,7 +27,9 @@ def model(tmp_path) -> Path:
 
 
 def build(settings: type[ServiceSettings]) -> ServiceSettings:
-    return settings(data=Path("demos.jsonl"), output_dir=Path("out")) if settings is SFTSettings else settings()
+    if settings is SFTSettings:
+        return settings(data=Path("demos.jsonl"), output_dir=Path("out"))
+    return settings()
 
 
 @pytest.mark.parametrize("settings", list(SERVICES.values()))
