@@ -11,7 +11,7 @@ import logging
 import sys
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, CliApp, CliSettingsSource
+from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -33,7 +33,17 @@ def run(
     try:
         args = sys.argv[1:] if argv is None else argv
         return CliApp.run(command, cli_args=args, cli_settings_source=source)
-    except ValidationError as exc:
-        # An operator's mistake, not a bug: what to change, without a traceback.
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (ValidationError, SettingsError) as exc:
+        # An operator's mistake, not a bug: what to change, without a traceback or the value given (a secret)
+        print(f"{prog}: error: {describe(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+def describe(exc: ValidationError | SettingsError) -> str:
+    """One line per invalid setting, ``field: what is wrong``, never echoing the value given."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)
+    )

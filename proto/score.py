@@ -7,6 +7,8 @@ an empty batch (``empty_batch``), more inputs than the service's ``max_batch_siz
 or an input longer than its context (``context_length_exceeded``, ``param`` ``inputs.<i>``).
 """
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from proto.http import ChatMessage, StrictModel, Text
@@ -17,7 +19,7 @@ class ScoreInput(StrictModel):
 
     messages: list[ChatMessage] = Field(min_length=1, description="The prompt: the conversation so far.")
     response: Text = Field(description="The assistant's response to it.")
-    finish_reason: str = Field(
+    finish_reason: Literal["stop", "length", "abort"] = Field(
         "stop",
         description='Why the response ended, as in the chat API: "stop" (finished: scored with the closing'
         ' end-of-turn token), "length" (cut off by the token budget: scored without it; so is "abort").',

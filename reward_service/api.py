@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proto.http import APIError, install_error_handlers
+from proto.http import APIError, BodyLimitMiddleware, install_error_handlers
 from proto.score import ScoreRequest, ScoreResponse
 from reward_service.model import ContextTooLong
 from reward_service.service import RewardService
@@ -110,4 +110,7 @@ def build_app(
     app = FastAPI(title="rlhf reward service", version="1", lifespan=lifespan)
     app.include_router(router)
     install_error_handlers(app)
+    # parsed whole on the event loop: an unbounded body would stall every other request (and /healthz)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       timeout_s=settings.request_body_timeout_s)
     return app

@@ -25,6 +25,13 @@ class Settings(ServiceSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8001, description="TCP port to listen on")
     max_batch_size: int = Field(64, ge=1, description="most inputs one POST /v1/score may carry")
+    max_request_bytes: int = Field(
+        4 << 20, ge=1024, description="largest request body accepted, bytes; larger → 413 (a full batch of"
+        " max_batch_size inputs at max_context_tokens is about 1 MiB)"
+    )
+    request_body_timeout_s: float = Field(
+        30.0, gt=0, description="longest a client may take to send a request body, s; slower → 408"
+    )
     max_context_tokens: int = Field(2048, ge=16, description="longest chat-templated prompt+response, tokens")
     score_micro_batch: int = Field(8, ge=1, description="sequences per forward pass when scoring (HTTP)")
     reload_check_s: float = Field(

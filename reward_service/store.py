@@ -114,6 +114,10 @@ class Pair:
     rejected: Example
 
 
+# SQLite integers are signed 64-bit; a uint64 beyond that would fail the insert on every redelivery.
+MAX_POLICY_VERSION = 2**63 - 1
+
+
 class InvalidEvent(ValueError):
     """An event that parsed but lacks what the join needs (ids, messages, a rating)."""
 
@@ -203,9 +207,16 @@ class JoinStore:
         self.db.commit()
 
     def add_interaction(self, event: Interaction) -> bool:
-        """Store an interaction; returns False when it was already there. Raises :class:`InvalidEvent`."""
+        """Store an interaction; returns False when it was already there.
+
+        Raises :class:`InvalidEvent` for one without ids or messages, or with a policy version SQLite cannot
+        hold (a crafted record that would otherwise stop the worker on every redelivery).
+        """
         if not event.response_id or not event.prompt_messages:
             raise InvalidEvent("interaction without response_id or prompt_messages")
+        if event.policy_version > MAX_POLICY_VERSION:
+            raise InvalidEvent(f"interaction {event.response_id} has policy_version {event.policy_version}, "
+                               f"beyond {MAX_POLICY_VERSION}")
         key = prompt_key(event)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO interactions (response_id, prompt_key, response, policy_version,"

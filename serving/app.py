@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proto.http import APIError, ErrorInfo, error_response
+from proto.http import APIError, BodyLimitMiddleware
 from serving import admin, errors, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
 from serving.chat import Caller, ChatService
@@ -70,70 +70,6 @@ class MetricsMiddleware:
         finally:
             if not recorded:
                 record(499 if status is not None else 500)
-
-
-class BodyLimitMiddleware:
-    """Reads each request body whole, within ``max_bytes`` and ``timeout_s``, before the app sees it.
-
-    A body over ``max_bytes`` gets 413 ``request_too_large`` (at once when its Content-Length says so,
-    else when the bytes read pass it, chunked bodies too); one not received in ``timeout_s`` seconds
-    gets 408 ``request_timeout``. Both close the connection. Without the bound a multi-megabyte body would
-    be parsed on the event loop, stalling every client; without the deadline a client that stops sending
-    would hold its connection (a file descriptor) forever.
-
-    Args:
-        app: the ASGI app to call with the body.
-        max_bytes: largest body accepted (bytes).
-        timeout_s: longest the client may take to send the body (s), from the end of its headers.
-    """
-
-    def __init__(self, app, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send)
-        chunks, size = [], 0
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client left: the app sees it leave
-                        break
-                    chunks.append(message.get("body", b""))
-                    size += len(chunks[-1])
-                    if size > self.max_bytes:
-                        return await self._too_large(send)
-                    if not message.get("more_body", False):
-                        message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                        break
-        except TimeoutError:
-            return await self._refuse(
-                send, 408, f"The request body did not arrive within {self.timeout_s:g} s: send the whole "
-                "body at once, with a Content-Length that matches it.", "request_timeout")
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: the client leaving, for streams
-            replayed = True
-            return message
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, send) -> None:
-        await self._refuse(send, 413, f"Request body exceeds {self.max_bytes} bytes.", "request_too_large")
-
-    @staticmethod
-    async def _refuse(send, status: int, message: str, code: str) -> None:
-        # the rest of the body is never read, so the connection cannot carry another request
-        response = error_response(status, ErrorInfo(message=message, type="invalid_request_error", code=code),
-                                  headers={"connection": "close"})
-        await response({"type": "http"}, None, send)
 
 
 def get_state(request: Request):

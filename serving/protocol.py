@@ -119,7 +119,8 @@ class ChatCompletionRequest(StrictModel):
     @classmethod
     def _token_ids_and_range(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
         for key, value in (bias or {}).items():
-            if not key.isdigit():
+            # isdigit() also admits '²' and Arabic-Indic digits, which int() refuses or reads as another id
+            if not (key.isascii() and key.isdigit()):
                 raise PydanticCustomError("invalid_value", "keys must be token ids (decimal strings), not "
                                                            "'{key}'", {"key": key})
             if not -100 <= value <= 100:

@@ -79,6 +79,21 @@ def test_a_bad_setting_says_what_to_change_without_a_traceback(capsys, monkeypat
     assert err.startswith("rlhf-reward: error:") and "train_batch_size" in err and "Traceback" not in err
 
 
+def test_a_bad_secret_is_refused_without_echoing_it(capsys, monkeypatch):
+    monkeypatch.setenv("RLHF_SERVING_SECRET", "tooshort-but-secret")
+    with pytest.raises(SystemExit) as exit:
+        serving.cli.main([])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "RLHF_SERVING_SECRET must be at least 32 characters" in err and "tooshort-but-secret" not in err
+
+
+def test_a_malformed_nested_flag_is_refused_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit:
+        serving.cli.main(["--kafka", "notjson"])
+    assert exit.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
 def test_the_keys_cli_adds_lists_and_revokes(capsys, tmp_path):
     path = tmp_path / "api_keys"
     serving.keys.main(["--api-keys-file", str(path), "add", "carol"])

@@ -19,6 +19,11 @@ def test_finish_reason_defaults_to_stop():
     assert ScoreInput(messages=MESSAGES, response="Paris.").finish_reason == "stop"
 
 
+def test_an_unknown_finish_reason_is_refused_not_scored_as_finished():
+    with pytest.raises(ValidationError, match="finish_reason"):
+        ScoreInput(messages=MESSAGES, response="Paris.", finish_reason="banana")
+
+
 def test_an_input_needs_a_prompt():
     with pytest.raises(ValidationError):
         ScoreInput(messages=[], response="Paris.")

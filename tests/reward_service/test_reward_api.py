@@ -22,6 +22,7 @@ def client(model_dir, kafka_settings, tmp_path_factory):
         base_model=model_dir,
         max_batch_size=4,
         max_context_tokens=96,
+        max_request_bytes=4096,
         kafka=fresh_topics(kafka_settings, "api"),
     )
     app = build_app(settings)
@@ -60,8 +61,10 @@ def test_finish_reason_is_optional_and_defaults_to_stop(client):
     reply = client.post("/v1/score", json={"inputs": inputs})
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["rewards"]) == 3
-    error = error_of(client.post("/v1/score", json={"inputs": [{**inputs[0], "finish_reason": 3}]}), 400)
-    assert (error["param"], error["code"]) == ("inputs.0.finish_reason", "invalid_type")
+    for wrong in (3, "banana"):  # not one of stop, length, abort: refused, not scored as finished
+        body = {"inputs": [{**inputs[0], "finish_reason": wrong}]}
+        error = error_of(client.post("/v1/score", json=body), 400)
+        assert (error["param"], error["code"]) == ("inputs.0.finish_reason", "invalid_value")
 
 
 @pytest.mark.parametrize(
@@ -116,6 +119,12 @@ def test_input_longer_than_the_context_is_400_naming_it(client):
     error = error_of(client.post("/v1/score", json={"inputs": inputs}), 400)
     assert (error["param"], error["code"]) == ("inputs.1", "context_length_exceeded")
     assert "at most 96" in error["message"]
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed(client):
+    inputs = [{"messages": MESSAGES, "response": "word " * 1000}]  # ~5 KB > max_request_bytes 4096
+    error = error_of(client.post("/v1/score", json={"inputs": inputs}), 413)
+    assert error["code"] == "request_too_large" and "4096 bytes" in error["message"]
 
 
 def test_unknown_path_is_404_in_the_envelope(client):

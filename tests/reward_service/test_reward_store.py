@@ -244,6 +244,10 @@ def test_unjoined_votes_are_dropped_after_timeout_or_beyond_the_bound(store):
 def test_invalid_events_are_rejected(store):
     with pytest.raises(InvalidEvent):
         store.add_interaction(Interaction(response_id="r"))  # no prompt
+    too_far = interaction("r")
+    too_far.policy_version = 2**64 - 1  # a valid uint64 on the wire, beyond SQLite's integers
+    with pytest.raises(InvalidEvent, match="policy_version"):
+        store.add_interaction(too_far)
     with pytest.raises(InvalidEvent):
         store.add_vote(Feedback(feedback_id="f", response_id="r"))  # no rating
     with pytest.raises(InvalidEvent):

@@ -51,6 +51,8 @@ def post(client: TestClient, **body):
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
     ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),  # without logprobs: true
     ({"logit_bias": {"hello": 5}}, "logit_bias", "invalid_value"),
+    ({"logit_bias": {"²": 5}}, "logit_bias", "invalid_value"),  # isdigit() but not a decimal int
+    ({"logit_bias": {"١٢": 5}}, "logit_bias", "invalid_value"),  # Arabic-Indic digits
     ({"logit_bias": {"42": 150}}, "logit_bias", "invalid_value"),
     ({"presence_penalty": -3}, "presence_penalty", "invalid_value"),
     ({"frequency_penalty": "1"}, "frequency_penalty", "invalid_type"),
@@ -89,7 +91,9 @@ def test_bad_fields_get_400_naming_them(client, body, param, code):
 
 def test_body_that_is_not_a_json_object(client):
     for content, content_type in [(b"{not json", "application/json"), (b"[1, 2]", "application/json"),
-                                  (b'{"model": "m"}', "text/plain")]:
+                                  (b'{"model": "m"}', "text/plain"),
+                                  (b'{"model": "\xff\xfe"}', "application/json"),  # not UTF-8
+                                  (b"[" * 100_000, "application/json")]:  # nested beyond the parser
         r = client.post("/v1/chat/completions", content=content, headers={"content-type": content_type})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["code"] == "invalid_json"
