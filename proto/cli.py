@@ -40,7 +40,7 @@ def run(
 
 
 def describe(exc: ValidationError | SettingsError) -> str:
-    """One line per invalid setting, ``field: what is wrong``, never echoing the value given."""
+    """Each invalid setting as ``field: what is wrong`` (joined by "; "), never echoing the value given."""
     if isinstance(exc, SettingsError):
         return str(exc)
     return "; ".join(
