@@ -89,7 +89,9 @@ class Learner:
         self.device = device or resolve_device(cfg.device)
         # /metrics answers from the start, so supervisors see the process alive while models load.
         self.metrics = LearnerMetrics()
-        self._metrics_server, _ = start_http_server(cfg.metrics_port, registry=self.metrics.registry)
+        self._metrics_server, _ = start_http_server(
+            cfg.metrics_port, addr=cfg.metrics_host, registry=self.metrics.registry
+        )
         self.metrics_port = self._metrics_server.server_port
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.base_model)
@@ -555,7 +557,7 @@ def run_worker(cfg: Settings, ranks: Ranks, device: torch.device) -> int:
     probe target and an ``up`` for Prometheus): the learner's series come from rank 0 alone.
     """
     if ranks.local_rank == 0:
-        start_http_server(cfg.metrics_port, registry=CollectorRegistry())
+        start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=CollectorRegistry())
     # Version 0 everywhere: the trunk is the SFT model's on every version, and rank 0's Sync brings the
     # trained part. The reference is v0's top, copied here before anything trains it.
     policy = PolicyWithValueHead(

@@ -43,6 +43,10 @@ class Settings(ServiceSettings):
     )
     reward_url: str = Field("http://127.0.0.1:8001", description="reward service base URL (POST /v1/score)")
     reward_timeout_s: float = Field(60.0, description="per-request timeout for /v1/score, seconds")
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the Prometheus /metrics server binds (0.0.0.0 to be scraped from "
+        "another machine, as serving's and the reward service's --host)"
+    )
     metrics_port: int = Field(8002, description="Prometheus /metrics port; 0 picks a free one")
     group_id: str = Field(
         "rlhf-learner",
