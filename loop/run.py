@@ -80,7 +80,7 @@ def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], 
                  f"rejected {g('rlhf_learner_versions_rejected_total', 0):.0f}; reward model "
                  f"v{g('rlhf_learner_reward_model_version', 0):.0f} held-out balanced accuracy "
                  f"{g('rlhf_learner_reward_model_accuracy', float('nan')):.2f}"
-                 + (" (PPO waits for it to beat chance)" if g("rlhf_learner_waiting_for_reward_model") else "")
+                 + (" (PPO waits for a version that beats chance on enough held-out votes)" if g("rlhf_learner_waiting_for_reward_model") else "")
                  + ("; reward service unreachable, PPO waits" if g("rlhf_learner_reward_service_up") == 0 else ""))
     if not learner:
         t.caption = "learner: not answering on /metrics (starting, or restarting after a crash)"
