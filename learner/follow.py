@@ -57,12 +57,6 @@ def rolled_back_in_lineage(policies: PolicyLog, version: int) -> int | None:
     return None
 
 
-def pin_in_force(policies: PolicyLog) -> int | None:
-    """The pinned version when serving obeys the pin (the version is servable), else None."""
-    pin = policies.pin
-    return pin.version if pin is not None and policies.is_servable(pin.version) else None
-
-
 def clean_target(policies: PolicyLog) -> int:
     """The newest PROMOTED version with no rolled-back ancestor (0 when none is)."""
     tainted = {v for v in policies.versions if rolled_back_in_lineage(policies, v) is not None}
@@ -71,7 +65,7 @@ def clean_target(policies: PolicyLog) -> int:
 
 def base(policies: PolicyLog) -> int:
     """The version a learner that follows serving trains from: the pin in force, else :func:`clean_target`."""
-    pinned = pin_in_force(policies)
+    pinned = policies.pinned()
     return clean_target(policies) if pinned is None else pinned
 
 
@@ -81,7 +75,7 @@ def decide(policies: PolicyLog, parent: int, followed_pin: int | None) -> Follow
     ``followed_pin``: the pinned version the learner last followed (``LearnerState.pinned_version``), so an
     unpin can be told from a learner that was never pinned.
     """
-    pinned = pin_in_force(policies)
+    pinned = policies.pinned()
     if pinned is not None:
         return Follow(pinned, pinned, f"v{pinned} is pinned by an operator")
     served = clean_target(policies)

@@ -24,6 +24,8 @@ class PolicyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_STATUS_ROLLED_BACK: _ClassVar[PolicyStatus]
     POLICY_STATUS_PINNED: _ClassVar[PolicyStatus]
     POLICY_STATUS_UNPINNED: _ClassVar[PolicyStatus]
+    POLICY_STATUS_CANDIDATE: _ClassVar[PolicyStatus]
+    POLICY_STATUS_CANARY: _ClassVar[PolicyStatus]
 RATING_UNSPECIFIED: Rating
 RATING_UP: Rating
 RATING_DOWN: Rating
@@ -33,6 +35,8 @@ POLICY_STATUS_REJECTED: PolicyStatus
 POLICY_STATUS_ROLLED_BACK: PolicyStatus
 POLICY_STATUS_PINNED: PolicyStatus
 POLICY_STATUS_UNPINNED: PolicyStatus
+POLICY_STATUS_CANDIDATE: PolicyStatus
+POLICY_STATUS_CANARY: PolicyStatus
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -131,8 +135,30 @@ class Feedback(_message.Message):
     policy_version: int
     def __init__(self, feedback_id: _Optional[str] = ..., response_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_id: _Optional[str] = ..., rating: _Optional[_Union[Rating, str]] = ..., comment: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
+class Canary(_message.Message):
+    __slots__ = ("incumbent", "share", "started_at", "candidate_up", "candidate_votes", "incumbent_up", "incumbent_votes", "log_likelihood_ratio", "decided_by")
+    INCUMBENT_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_UP_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VOTES_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_UP_FIELD_NUMBER: _ClassVar[int]
+    INCUMBENT_VOTES_FIELD_NUMBER: _ClassVar[int]
+    LOG_LIKELIHOOD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    incumbent: int
+    share: float
+    started_at: _timestamp_pb2.Timestamp
+    candidate_up: int
+    candidate_votes: int
+    incumbent_up: int
+    incumbent_votes: int
+    log_likelihood_ratio: float
+    decided_by: str
+    def __init__(self, incumbent: _Optional[int] = ..., share: _Optional[float] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidate_up: _Optional[int] = ..., candidate_votes: _Optional[int] = ..., incumbent_up: _Optional[int] = ..., incumbent_votes: _Optional[int] = ..., log_likelihood_ratio: _Optional[float] = ..., decided_by: _Optional[str] = ...) -> None: ...
+
 class PolicyVersion(_message.Message):
-    __slots__ = ("version", "parent", "checkpoint_uri", "weights_sha256", "created_at", "kl_to_reference", "reward_mean", "status", "reason")
+    __slots__ = ("version", "parent", "checkpoint_uri", "weights_sha256", "created_at", "kl_to_reference", "reward_mean", "status", "reason", "canary")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +168,7 @@ class PolicyVersion(_message.Message):
     REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
     version: int
     parent: int
     checkpoint_uri: str
@@ -151,7 +178,8 @@ class PolicyVersion(_message.Message):
     reward_mean: float
     status: PolicyStatus
     reason: str
-    def __init__(self, version: _Optional[int] = ..., parent: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kl_to_reference: _Optional[float] = ..., reward_mean: _Optional[float] = ..., status: _Optional[_Union[PolicyStatus, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    canary: Canary
+    def __init__(self, version: _Optional[int] = ..., parent: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kl_to_reference: _Optional[float] = ..., reward_mean: _Optional[float] = ..., status: _Optional[_Union[PolicyStatus, str]] = ..., reason: _Optional[str] = ..., canary: _Optional[_Union[Canary, _Mapping]] = ...) -> None: ...
 
 class SpooledRecord(_message.Message):
     __slots__ = ("topic", "key", "value")

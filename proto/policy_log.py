@@ -1,17 +1,39 @@
 """The policy topic as state: every version's latest record, the operator's pin, and what to serve.
 
-Both the learner (which version to train from, which number comes next) and serving (which version to
-load) read the compacted policy topic through :class:`PolicyLog`, so they agree on its meaning:
-serve the pinned version if an operator pinned one that is still servable, else the highest-numbered
-PROMOTED version, else version 0 (the bundled SFT model).
+Both the learner (which version to train from, which number comes next, whether a canary is open) and
+serving (which versions to load) read the compacted policy topic through :class:`PolicyLog`, so they agree
+on its meaning:
+
+- the *target*, served to everyone outside a canary: the pinned version if an operator pinned one that is
+  still servable, else the highest-numbered PROMOTED version, else version 0 (the bundled SFT model);
+- the *canary*: the newest version whose latest status is CANARY, served to its record's share of users
+  (:func:`in_canary`) unless a pin is in force (a pin means one version for everyone).
+
+A version's life: CANDIDATE (passed the offline gates) → CANARY → PROMOTED | ROLLED_BACK, or straight to
+PROMOTED where no canary runs; REJECTED when the gates fail. Each transition is a record under the
+version's key; the latest wins.
 """
 
+import hashlib
 from collections.abc import Container
 
 from proto.events_pb2 import PolicyStatus, PolicyVersion
 
 PIN_KEY = b"pin"
+DEFAULT_CANARY_SHARE = 0.2  # of users, when whoever starts a canary names no share
 _SERVABLE = (PolicyStatus.POLICY_STATUS_PROMOTED,)
+_OPEN = (PolicyStatus.POLICY_STATUS_CANDIDATE, PolicyStatus.POLICY_STATUS_CANARY)
+
+
+def in_canary(user_key: str, candidate: int, share: float) -> bool:
+    """Whether the user ``user_key`` is served ``candidate`` during its canary at ``share`` (0-1).
+
+    A hash of the candidate and the user, uniform in [0, 1), below ``share``: the same user gets the same
+    arm on every replica and after restarts, a new candidate draws a new set of users, and raising the
+    share only adds users to the candidate's arm.
+    """
+    digest = hashlib.sha256(f"{candidate}:{user_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
 class PolicyLog:
@@ -36,11 +58,28 @@ class PolicyLog:
         """The highest-numbered PROMOTED version not in ``skip`` (0 when none is)."""
         return max((v for v in self.versions if self.is_servable(v) and v not in skip), default=0)
 
+    def pinned(self) -> int | None:
+        """The pinned version while the pin is in force (the version is servable), else None."""
+        return self.pin.version if self.pin is not None and self.is_servable(self.pin.version) else None
+
     def target(self, skip: Container[int] = ()) -> int:
         """The version serving should serve now; ``skip``: versions a replica found unloadable."""
-        if self.pin is not None and self.is_servable(self.pin.version) and self.pin.version not in skip:
-            return self.pin.version
+        pinned = self.pinned()
+        if pinned is not None and pinned not in skip:
+            return pinned
         return self.latest_promoted(skip)
+
+    def canary(self) -> PolicyVersion | None:
+        """The CANARY record being served now (the newest, should there be several), or None: none is
+        open, or a pin is in force."""
+        canaries = [r for r in self.versions.values() if r.status == PolicyStatus.POLICY_STATUS_CANARY]
+        if not canaries or self.pinned() is not None:
+            return None
+        return max(canaries, key=lambda r: r.version)
+
+    def open_candidates(self) -> list[int]:
+        """Versions whose live decision is still open (CANDIDATE or CANARY), oldest first."""
+        return sorted(v for v, r in self.versions.items() if r.status in _OPEN)
 
     def next_version(self) -> int:
         """The number a newly trained version gets: the highest on the topic plus one."""
