@@ -1,0 +1,80 @@
+"""The live canary's vote tally: Feedback events folded into each arm's thumbs-up count and votes.
+
+A *vote* is a user's latest Feedback (by ``created_at``) on a response, the meaning the reward service
+(reward_service/store.py) and the report (loop/report.py) give it: a user who changes their mind replaces
+their earlier vote, and an event delivered twice (the same ``feedback_id``) counts once. Serving records
+only up and down (serving/feedback.py; there is no withdrawn vote), so an event with neither rating is
+malformed: it is skipped, as the reward service skips it. A vote without a user id may be anyone's: none
+replaces another (as in the reward service's store).
+
+The two arms of a canary (proto/events.proto, ``Canary``):
+
+- candidate: votes on responses the candidate version generated;
+- incumbent: votes on responses the incumbent version generated, cast at or after the canary's
+  ``started_at`` (earlier ones were cast before the candidate served anyone, under other conditions).
+
+Votes on any other version's responses are ignored. Pure: no Kafka, no clock.
+"""
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from learner.canary import ArmVotes
+from proto.events_pb2 import Feedback, Rating
+
+Instant = tuple[int, int]  # a Timestamp's (seconds, nanos): compared exactly, unlike float seconds
+
+
+def instant(ts: Timestamp) -> Instant:
+    """``ts`` as a (seconds, nanos) pair that orders like the time it names."""
+    return ts.seconds, ts.nanos
+
+
+class VoteTally:
+    """The votes of one canary: ``candidate`` against ``incumbent`` (policy versions), started at
+    ``started_at``. Raises ``ValueError`` when the two versions are the same."""
+
+    def __init__(self, candidate: int, incumbent: int, started_at: Timestamp):
+        if candidate == incumbent:
+            raise ValueError(f"the candidate and the incumbent are both version {candidate}")
+        self.candidate, self.incumbent, self.started_at = candidate, incumbent, instant(started_at)
+        # (response id, voter) -> (created_at, feedback_id, arm or None, up) of the vote that counts now
+        self._latest: dict[tuple[str, str], tuple[Instant, str, str | None, bool]] = {}
+        self._up = {"candidate": 0, "incumbent": 0}
+        self._votes = {"candidate": 0, "incumbent": 0}
+
+    def _arm(self, policy_version: int, cast_at: Instant) -> str | None:
+        if policy_version == self.candidate:
+            return "candidate"
+        if policy_version == self.incumbent and cast_at >= self.started_at:
+            return "incumbent"
+        return None
+
+    def add(self, event: Feedback) -> bool:
+        """Fold in one Feedback event (any order); returns whether either arm's counts changed."""
+        if event.rating not in (Rating.RATING_UP, Rating.RATING_DOWN) or not event.response_id:
+            return False
+        voter = event.user_id or f"feedback:{event.feedback_id}"  # anonymous: each vote its own voter
+        key = (event.response_id, voter)
+        cast_at = instant(event.created_at)
+        new = (cast_at, event.feedback_id, self._arm(event.policy_version, cast_at),
+               event.rating == Rating.RATING_UP)
+        old = self._latest.get(key)
+        # Later by created_at; a tie is broken by feedback_id so that any arrival order gives one answer.
+        if old is not None and new[:2] <= old[:2]:
+            return False
+        self._latest[key] = new
+        before = self.arms()
+        if old is not None:
+            self._count(old[2], old[3], -1)
+        self._count(new[2], new[3], +1)
+        return self.arms() != before
+
+    def _count(self, arm: str | None, up: bool, sign: int) -> None:
+        if arm is not None:
+            self._votes[arm] += sign
+            self._up[arm] += sign * up
+
+    def arms(self) -> tuple[ArmVotes, ArmVotes]:
+        """(candidate, incumbent) votes so far."""
+        return (ArmVotes(self._up["candidate"], self._votes["candidate"]),
+                ArmVotes(self._up["incumbent"], self._votes["incumbent"]))
