@@ -277,6 +277,20 @@ class AssignedConsumer:
         )
         return _nested(ends.items())
 
+    def offsets_at(self, unix_s: float) -> Offsets:
+        """Per partition, the offset of the first record whose timestamp is at or after ``unix_s`` (Unix
+        seconds), or the end offset where no record is that late (``KafkaConsumer.offsets_for_times``).
+
+        Record timestamps are the producer's clock when it sent the record (the broker's, for a topic with
+        ``message.timestamp.type=LogAppendTime``), not a time inside the event.
+        """
+        # The ends first: a record appended between the two calls is then read, not skipped.
+        ends = self.end_offsets()
+        found = self._retry(self.consumer.offsets_for_times, {tp: int(unix_s * 1000) for tp in self.partitions},
+                            what="looking up offsets by time")
+        return _nested((tp, found[tp].offset if found.get(tp) is not None else _offset_of(ends, tp))
+                       for tp in self.partitions)
+
     def caught_up(self) -> bool:
         """Whether every partition has been read up to its end offset as of now."""
         ends, positions = self.end_offsets(), self.positions()

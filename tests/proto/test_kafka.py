@@ -145,3 +145,22 @@ def test_consumer_resumes_at_offsets_and_commits(fresh_topics):
 def test_a_missing_topic_is_an_error(fresh_topics):
     with pytest.raises(UnknownTopicOrPartitionError, match="does not exist"):
         kafka.AssignedConsumer(fresh_topics, ["no-such-topic"], "test-kafka")
+
+
+def test_offsets_at_a_time_find_the_first_record_that_late(fresh_topics):
+    producer = kafka.idempotent_producer(fresh_topics, "test-kafka")
+    topic = fresh_topics.topic(topics.POLICY)
+    base_ms = 1_700_000_000_000
+    for i, at_ms in enumerate((base_ms, base_ms + 1000, base_ms + 2000)):
+        record = PolicyVersion(version=i + 1, status=PolicyStatus.POLICY_STATUS_PROMOTED)
+        producer.send(topic, key=wire.key_of(record), value=wire.encode(record), timestamp_ms=at_ms)
+    producer.flush()
+    producer.close()
+    consumer = kafka.AssignedConsumer(fresh_topics, [topics.POLICY], "test-kafka")
+    try:
+        assert consumer.offsets_at(base_ms / 1000 - 5) == {topic: {0: 0}}
+        assert consumer.offsets_at((base_ms + 500) / 1000) == {topic: {0: 1}}
+        assert consumer.offsets_at((base_ms + 1000) / 1000) == {topic: {0: 1}}
+        assert consumer.offsets_at((base_ms + 2001) / 1000) == {topic: {0: 3}}  # none that late: the end
+    finally:
+        consumer.close()
