@@ -1,15 +1,17 @@
-"""The main job: Kafka's topics, serving, the reward service and the PPO learner, driven by simulated users.
+"""The main job: Kafka's topics, serving, the reward service, the PPO learner and the live canary controller,
+driven by simulated users.
 
     python -m loop.run [--duration SECONDS] [--users N] [--preference concise|verbose]
 
 (``./rlhf up`` installs everything, starts the local Kafka broker and runs this.) Simulated users chat
 through serving's HTTP API and vote by a hidden preference; the reward service learns it from their votes;
-the learner trains the policy with PPO and publishes versions that pass its gates; serving swaps them in.
+the learner trains the policy with PPO and publishes versions that pass its gates; serving swaps them in
+(the canary controller, learner/canary_controller.py, decides a live canary's candidate by the users' votes).
 Every ``--progress-every`` seconds the terminal shows votes, the thumbs-up rate by policy version, KL and
 the versions promoted and rejected. Without ``--duration`` it runs until Ctrl-C. Stopping lets requests in
-flight finish, stops serving (it flushes its spool) and the learner (it finishes its iteration and
-checkpoints), writes the report (table, PNG, JSON under ``<state>/reports``), then stops the reward service
-(it checkpoints): nothing is lost. The Kafka broker stays up (``./rlhf kafka stop`` stops it).
+flight finish, stops serving (it flushes its spool), the canary controller and the learner (it finishes its
+iteration and checkpoints), writes the report (table, PNG, JSON under ``<state>/reports``), then stops the
+reward service (it checkpoints): nothing is lost. The Kafka broker stays up (``./rlhf kafka stop`` stops it).
 Service logs: ``<state>/logs/``. Prometheus is started too when it is installed (URL printed).
 """
 
@@ -27,7 +29,7 @@ from rich.table import Table
 from loop import report
 from loop.preference import PREFERENCES
 from loop.processes import ROOT, Service
-from loop.report import make_console, scrape
+from loop.report import make_console, samples, scrape
 from loop.users import SimulatedUsers, UserStats, provision_keys
 from proto import api_keys
 from proto.settings import KafkaSettings, ServiceSettings, state_dir
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--serving-port", type=int, default=8000)
     p.add_argument("--reward-port", type=int, default=8001)
     p.add_argument("--learner-port", type=int, default=8002, help="learner's /metrics port")
+    p.add_argument("--canary-port", type=int, default=8003, help="live canary controller's /metrics port")
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress tables")
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus even if installed")
     p.add_argument("--seed", type=int, default=0)
@@ -65,7 +68,8 @@ def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], 
                    services: str = "") -> Table:
     """One progress snapshot: votes and thumbs-up rate (Wilson 95% interval) by version, KL, versions promoted
     and rejected. ``elapsed`` in seconds; ``learner`` is the learner's scraped /metrics (empty when it does
-    not answer); ``served`` the version serving reports now; ``services`` a line on restarted services."""
+    not answer); ``served`` the version serving reports now; ``services`` lines on the live canary and
+    restarted services (:func:`canary_line`, :func:`services_line`)."""
     t = Table(title=f"t={elapsed:.0f}s  votes={stats.votes}  errors={stats.errors}  serving v{served:.0f}"
               if served is not None else f"t={elapsed:.0f}s  votes={stats.votes}", title_justify="left")
     for col in ("policy version", "responses", "votes", "thumbs-up [95% CI]", "mean words"):
@@ -134,6 +138,26 @@ def services_line(services: list[Service]) -> str:
     return "services: " + ", ".join(parts) if parts else ""
 
 
+def canary_line(url: str) -> str:
+    """'' while no live canary runs (or the controller at ``url`` does not answer), else both arms' votes and
+    the test's Λ against its bounds, e.g. 'live canary: v3 (20% of users) 41% thumbs-up of 12 votes, incumbent
+    v2 58% of 48; Λ -1.2 (promoted at 4.8, rolled back at -3.0)'."""
+    got = {(name, labels.get("arm")): value for name, labels, value in samples(url)}
+    candidate = got.get(("rlhf_canary_candidate_version", None), 0)
+    if not candidate:
+        return ""
+
+    def arm(name: str) -> str:
+        up, votes = got.get(("rlhf_canary_thumbs_up", name), 0), got.get(("rlhf_canary_votes", name), 0)
+        return f"{up / votes:.0%} thumbs-up of {votes:.0f} votes" if votes else "no votes yet"
+
+    return (f"live canary: v{candidate:.0f} ({got.get(('rlhf_canary_share', None), 0):.0%} of users) "
+            f"{arm('candidate')}, incumbent v{got.get(('rlhf_canary_incumbent_version', None), 0):.0f} "
+            f"{arm('incumbent')}; Λ {got.get(('rlhf_canary_log_likelihood_ratio', None), 0):.1f} (promoted at "
+            f"{got.get(('rlhf_canary_promote_bound', None), 0):.1f}, rolled back at "
+            f"{got.get(('rlhf_canary_roll_back_bound', None), 0):.1f})")
+
+
 def make_users(args: argparse.Namespace, serving: Service, work: Path) -> SimulatedUsers:
     """The simulated users of ``args`` (count, preference, budget, seed) on ``serving``, each with a fresh
     key of its own in serving's keys file (so they authenticate like any client)."""
@@ -144,9 +168,9 @@ def make_users(args: argparse.Namespace, serving: Service, work: Path) -> Simula
 
 async def drive(args: argparse.Namespace, services: list[Service], users: SimulatedUsers,
                 stop: asyncio.Event) -> UserStats:
-    """Run ``users`` until ``stop`` with ``services`` (reward, serving, learner) supervised, printing
-    progress; return their statistics."""
-    _, serving, learner = services
+    """Run ``users`` until ``stop`` with ``services`` (reward, serving, learner, canary controller)
+    supervised, printing progress; return their statistics."""
+    _, serving, learner, canary = services
     started = time.monotonic()
 
     async def watch_versions() -> None:
@@ -162,8 +186,9 @@ async def drive(args: argparse.Namespace, services: list[Service], users: Simula
                 await asyncio.wait_for(stop.wait(), timeout=args.progress_every)
             except TimeoutError:
                 served = scrape(serving.url).get("rlhf_serving_policy_version")
+                lines = "\n".join(line for line in (canary_line(canary.url), services_line(services)) if line)
                 console.print(progress_table(time.monotonic() - started, users.stats, scrape(learner.url), served,
-                                             services_line(services)))
+                                             lines))
 
     await asyncio.gather(users.run(stop), show_progress(), watch_versions(), supervise(services, stop))
     return users.stats
@@ -174,8 +199,8 @@ def _interrupt(*_) -> None:
 
 
 def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
-    """The reward service, serving and the learner (in that order), not started, with data and logs under
-    ``work``; they reach Kafka through this process's ``RLHF_KAFKA_*`` environment."""
+    """The reward service, serving, the learner and the live canary controller (in that order), not started,
+    with data and logs under ``work``; they reach Kafka through this process's ``RLHF_KAFKA_*`` environment."""
     log_dir = work / "logs"
     # Every service keeps its data under the work dir and starts from the base model of this environment
     # (the bundled one unless RLHF_BASE_MODEL says otherwise). The simulated users authenticate with keys
@@ -191,18 +216,23 @@ def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
                       log_dir / "learner.log", port_flag="--metrics-port",
                       args=["ppo", *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                             *args.learner_arg])
-    return [reward, serving, learner]
+    # One controller only: two would both write each decision (learner/canary_controller.py).
+    canary = Service("learner.canary_controller", args.canary_port, env, log_dir / "canary_controller.log",
+                     port_flag="--metrics-port")
+    return [reward, serving, learner, canary]
 
 
 def start_services(services: list[Service]) -> None:
-    """Launch the reward service, serving and the learner (as :func:`make_services` orders them) together,
-    and wait until each answers (serving: ready, with its engine started; at most 10 minutes each)."""
-    reward, serving, learner = services
+    """Launch the reward service, serving, the learner and the canary controller (as :func:`make_services`
+    orders them) together, and wait until each answers (serving: ready, with its engine started; at most 10
+    minutes each)."""
+    reward, serving, learner, canary = services
     for svc in services:
         svc.launch()
     reward.wait_ready()
     serving.wait_ready("/readyz", timeout_s=600)
     learner.wait_ready("/metrics", timeout_s=600)
+    canary.wait_ready()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,18 +244,19 @@ def main(argv: list[str] | None = None) -> None:
     kafka = KafkaSettings()
     ensure_topics(kafka)
     services = make_services(args, work)
-    reward, serving, learner = services
+    reward, serving, learner, canary = services
     prometheus = None
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     signal.signal(signal.SIGTERM, _interrupt)  # while starting up, SIGTERM acts like Ctrl-C
     try:
-        console.print(f"starting the reward service, serving and the learner (logs in {log_dir}) ...")
+        console.print(f"starting the reward service, serving, the learner and the canary controller (logs in "
+                      f"{log_dir}) ...")
         start_services(services)
         if not args.no_prometheus:
             prometheus = start_prometheus(work, log_dir)
         console.print(f"chat: {serving.url}/  API: {serving.url}/v1  reward: {reward.url}  "
-                      f"learner metrics: {learner.url}/metrics")
+                      f"learner metrics: {learner.url}/metrics  canary controller: {canary.url}/metrics")
         console.print(f"{args.users} simulated users ({args.preference} preference) are chatting; "
                       + (f"stopping after {args.duration:.0f}s" if args.duration else "Ctrl-C stops"))
         # From here on Ctrl-C and SIGTERM stop the users gracefully: requests in flight finish.
@@ -236,14 +267,15 @@ def main(argv: list[str] | None = None) -> None:
         loop.run_until_complete(drive(args, services, make_users(args, serving, work), stop))
         # Serving first: no new events, its spool drains to Kafka. The learner then finishes its iteration
         # (and publishes its verdict) before the report, so the report counts every version.
-        console.print("stopping serving, then the learner (it finishes its iteration) ...")
+        console.print("stopping serving, the canary controller, then the learner (it finishes its iteration) ...")
         serving.stop()
+        canary.stop()
         learner.stop(timeout_s=LEARNER_STOP_S)
         # This run's responses and votes only, not everything the topics ever held.
         png = report.write(report.collect(kafka, reward.url, since=started_at), work / "reports", console)
         console.print(f"report: {png} and {png.with_suffix('.json')}")
     finally:
-        for svc in (serving, learner, reward):
+        for svc in (serving, canary, learner, reward):
             svc.stop(timeout_s=LEARNER_STOP_S if svc is learner else 60.0)
         if prometheus is not None:
             prometheus.terminate()

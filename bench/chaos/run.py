@@ -2,7 +2,7 @@
 
     python -m bench.chaos.run [--minutes 36] [--outage-s 90] [--users 4] [--first-fault-s 300]
 
-It runs the main job's parts (loop/run.py: the three services under its supervisor, simulated users
+It runs the main job's parts (loop/run.py: the services under its supervisor, simulated users
 chatting and voting through serving's HTTP API with loop/users.py) against a private Kafka broker on a
 free port (it stops that broker; the shared one is never touched). Faults, one at a time, spread over the
 run after ``--first-fault-s``: the broker stopped for ``--outage-s``, then SIGKILL of serving, of the
@@ -95,7 +95,7 @@ class Chaos:
     def __init__(self, args, services: list[Service], users: SimulatedUsers, broker_port: int,
                  broker_dir: Path, stop: asyncio.Event):
         self.args, self.users, self.stop = args, users, stop
-        self.reward, self.serving, self.learner = services
+        self.reward, self.serving, self.learner, _ = services
         self.broker_port, self.broker_dir = broker_port, broker_dir
         self.recoveries: list[Recovery] = []
 
@@ -227,10 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     ensure_topics(kafka)
     loop_args = main_job.parse_args(
         ["--users", str(args.users), "--serving-port", str(free_port()), "--reward-port", str(free_port()),
-         "--learner-port", str(free_port()), "--no-prometheus", "--progress-every", "60",
+         "--learner-port", str(free_port()), "--canary-port", str(free_port()), "--no-prometheus",
+         "--progress-every", "60",
          *[f"--learner-arg={a}" for a in args.learner_arg]])
     services = main_job.make_services(loop_args, work)
-    reward, serving, learner = services
+    reward, serving, learner, canary = services
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     result: dict = {"minutes": args.minutes, "outage_s": args.outage_s, "schedule": schedule_of(args)}
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         loop.run_until_complete(both())
         console.print("stopping serving (its spool drains), then the learner and the reward service ...")
         serving.stop()
+        canary.stop()
         learner.stop(timeout_s=main_job.LEARNER_STOP_S)
         reward.stop()
         stats = users.stats
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(table(result))
         console.print(f"JSON: {path}")
     finally:
-        for svc in (serving, learner, reward):
+        for svc in (serving, canary, learner, reward):
             svc.stop(timeout_s=main_job.LEARNER_STOP_S if svc is learner else 60.0)
         kafka_ctl("stop", broker_port, broker_dir)
         loop.close()

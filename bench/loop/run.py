@@ -304,7 +304,8 @@ def main() -> None:
     env = {**os.environ, "RLHF_KAFKA_TOPIC_PREFIX": f"bench-loop-{stamp}."}
     cmd = [sys.executable, "-m", "loop.run", "--duration", str(args.duration), "--users", str(args.users),
            "--preference", args.preference, "--serving-port", str(ports["serving"]),
-           "--reward-port", str(ports["reward"]), "--learner-port", str(ports["learner"]), "--work-dir", str(work),
+           "--reward-port", str(ports["reward"]), "--learner-port", str(ports["learner"]),
+           "--canary-port", str(free_port()), "--work-dir", str(work),
            "--no-prometheus", *args.loop_arg]
     load = {"start": os.getloadavg()}
     series: list[dict] = []

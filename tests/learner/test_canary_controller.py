@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from learner.canary import CanaryRule
 from loop.processes import Service, free_port
+from loop.run import canary_line
 from proto import topics, wire
 from proto.events_pb2 import Feedback, PolicyStatus, PolicyVersion, Rating
 from proto.kafka import idempotent_producer, read_policy, read_topic
@@ -233,6 +234,9 @@ def test_a_killed_controller_counts_every_vote_once_after_its_restart(loop, cont
     wait_metric(svc, 'rlhf_canary_votes{arm="candidate"}', 10.0)  # counted before the kill
     assert metrics(svc)['rlhf_canary_thumbs_up{arm="candidate"}'] == 4
     assert metrics(svc)['rlhf_canary_votes{arm="incumbent"}'] == 20
+    # The main job's progress line (loop/run.py) reads the same metrics.
+    assert canary_line(svc.url).startswith("live canary: v2 (20% of users) 40% thumbs-up of 10 votes, incumbent "
+                                           "v1 70% thumbs-up of 20 votes; Λ 0.0 (promoted at 4.8, rolled back at -3.0)")
     svc.stop(signal.SIGKILL)
     svc.restart().wait_ready(timeout_s=60)
     for i in range(10, 20):
