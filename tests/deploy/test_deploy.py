@@ -1,13 +1,14 @@
 """Checks of deploy/: Prometheus config and alerts, the Grafana dashboard, the Kubernetes manifests.
 
 (a) Every PromQL expression in the dashboard and the alert rules names only ``rlhf_*`` series that the
-    services really export: the names come from the registries of serving.metrics, learner.metrics and
-    reward_service.metrics, so a renamed or removed metric fails here; each service's families are named
-    ``rlhf_<service>_*``.
+    services really export: the names come from the registries of serving.metrics, learner.metrics,
+    reward_service.metrics and learner.canary_metrics (the live canary controller), so a renamed or removed
+    metric fails here; each service's families are named ``rlhf_<service>_*``.
 (b) ``promtool check config``, ``promtool check rules`` and ``promtool test rules`` pass, and every dashboard
     query parses as PromQL (promtool checks it as a recording rule).
 (c) The Kubernetes YAML parses; every workload has probes and resource limits; serving's spool is on a
-    persistent volume; the learner runs torchrun across its StatefulSet's pods.
+    persistent volume; the learner runs torchrun across its StatefulSet's pods; the canary controller is one
+    replica.
 
 Needs ``promtool`` (Debian package ``prometheus``, installed by scripts/install.sh). Runs in seconds.
 """
@@ -33,8 +34,8 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 K8S = ROOT / "deploy" / "k8s"
 # Each service's metrics module, and the prefix of its families.
 METRICS_MODULES = {"serving.metrics": "rlhf_serving_", "learner.metrics": "rlhf_learner_",
-                   "reward_service.metrics": "rlhf_reward_"}
-JOBS = {"serving", "reward", "learner"}
+                   "reward_service.metrics": "rlhf_reward_", "learner.canary_metrics": "rlhf_canary_"}
+JOBS = {"serving", "reward", "learner", "canary"}
 
 # Series names each metric type exposes, from its family name (prometheus_client's text exposition).
 SUFFIXES = {
@@ -148,7 +149,7 @@ def run_promtool(*args: str, cwd: Path = PROMETHEUS) -> None:
 
 def test_services_export_metrics():
     names = exported()
-    for prefix in ("rlhf_serving_requests_total", "rlhf_learner_", "rlhf_reward_"):
+    for prefix in ("rlhf_serving_requests_total", "rlhf_learner_", "rlhf_reward_", "rlhf_canary_"):
         assert any(n.startswith(prefix) for n in names), f"no {prefix}* metric in {list(METRICS_MODULES)}"
 
 
@@ -198,6 +199,10 @@ def test_dashboard_covers_the_loop():
         "rlhf_learner_clip_fraction", "rlhf_learner_approx_kl", "rlhf_learner_explained_variance",
         "rlhf_learner_consumer_lag", "rlhf_learner_versions_published_total",
         "rlhf_learner_versions_rejected_total",
+        "rlhf_canary_candidate_version", "rlhf_canary_incumbent_version", "rlhf_canary_share",
+        "rlhf_canary_votes", "rlhf_canary_thumbs_up", "rlhf_canary_log_likelihood_ratio",
+        "rlhf_canary_promote_bound", "rlhf_canary_roll_back_bound", "rlhf_canary_decisions_total",
+        "rlhf_canary_paused",
     }
     assert not wanted - used, f"dashboard lacks panels on {sorted(wanted - used)}"
 
@@ -256,7 +261,7 @@ def test_alert_rules_are_documented():
     rules = alert_rules()
     names = {r["alert"] for r in rules}
     for wanted in ("LearnerKLOverBudget", "RewardMeanDrop", "ThumbsUpRateDrop", "LearnerConsumerLagHigh",
-                   "ServingSpoolNotDraining", "NoPromotionForLong", "ServiceDown"):
+                   "ServingSpoolNotDraining", "NoPromotionForLong", "ServiceDown", "CanaryRolledBack"):
         assert wanted in names
     for r in rules:
         assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
@@ -266,13 +271,15 @@ def test_alert_rules_are_documented():
 
 
 def test_scrape_targets_match_service_ports():
+    from learner.canary_controller import Settings as CanarySettings
     from learner.settings import Settings as LearnerSettings
     from reward_service.settings import Settings as RewardSettings
     from serving.settings import Settings as ServingSettings
 
     ports = {"serving": ServingSettings.model_fields["port"].default,
              "reward": RewardSettings.model_fields["port"].default,
-             "learner": LearnerSettings.model_fields["metrics_port"].default}
+             "learner": LearnerSettings.model_fields["metrics_port"].default,
+             "canary": CanarySettings.model_fields["metrics_port"].default}
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == JOBS
@@ -303,7 +310,7 @@ def test_k8s_manifests_parse_and_workloads_are_complete():
     for o in objects:
         by_kind.setdefault(o["kind"], {})[o.get("metadata", {}).get("name")] = o
     workloads = {name: w for kind in WORKLOADS for name, w in by_kind.get(kind, {}).items()}
-    assert {"rlhf-serving", "rlhf-reward", "rlhf-learner"} <= set(workloads)
+    assert {"rlhf-serving", "rlhf-reward", "rlhf-learner", "rlhf-canary"} <= set(workloads)
     config_maps = by_kind.get("ConfigMap", {})
     assert config_maps, "no ConfigMap"
     for name, d in workloads.items():
@@ -321,7 +328,8 @@ def test_k8s_manifests_parse_and_workloads_are_complete():
             kafka = env["RLHF_KAFKA_BOOTSTRAP_SERVERS"]["valueFrom"]["configMapKeyRef"]
             assert kafka["name"] in config_maps and kafka["key"] in config_maps[kafka["name"]]["data"], where
             mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
-            assert mounts.get("shared") == "/data", f"{where}: the shared volume must be at /data"
+            if name != "rlhf-canary":  # Kafka only: no state, no volume
+                assert mounts.get("shared") == "/data", f"{where}: the shared volume must be at /data"
     for name in ("rlhf-serving", "rlhf-learner"):
         limits = workloads[name]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert "nvidia.com/gpu" in limits, f"{name} must request a GPU"
@@ -386,6 +394,20 @@ def test_learner_runs_torchrun_across_its_pods():
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert int(port) in {p["port"] for p in service["spec"]["ports"]}
     assert spec["podManagementPolicy"] == "Parallel"
+
+
+def test_one_canary_controller():
+    """Two controllers would both write each decision (learner/canary_controller.py): one replica, and no
+    rolling update that runs an old and a new pod side by side."""
+    canary = next(o for o in k8s_objects() if o["kind"] == "Deployment" and o["metadata"]["name"] == "rlhf-canary")
+    assert canary["spec"]["replicas"] == 1 and canary["spec"]["strategy"]["type"] == "Recreate"
+    container = canary["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    port = int(env["RLHF_CANARY_METRICS_PORT"])
+    assert env["RLHF_CANARY_METRICS_HOST"] == "0.0.0.0"
+    assert {p["containerPort"] for p in container["ports"]} == {port}
+    assert canary["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_kustomization_lists_every_manifest():
