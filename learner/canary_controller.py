@@ -67,6 +67,10 @@ STALE_AFTER_S = 300.0  # /healthz fails once no pass has completed for this long
 CLOCK_SLACK_S = 60.0
 SEND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
+# A decision's outcome -> the record's status and decided_by.
+ENDINGS = {"promote": (PolicyStatus.POLICY_STATUS_PROMOTED, "rule"),
+           "roll_back": (PolicyStatus.POLICY_STATUS_ROLLED_BACK, "rule"),
+           "time_out": (PolicyStatus.POLICY_STATUS_ROLLED_BACK, "timeout")}
 
 
 class Settings(ServiceSettings):
@@ -216,12 +220,13 @@ class CanaryController:
     def problem(self) -> str | None:
         """Why the controller is unhealthy (no pass for ``STALE_AFTER_S``), or None."""
         age = time.time() - self._last_pass
-        return f"no pass over the topics for {age:.0f} s (Kafka unreachable, or stuck)" if age > STALE_AFTER_S \
-            else None
+        if age > STALE_AFTER_S:
+            return f"no pass over the topics for {age:.0f} s (Kafka unreachable, or stuck)"
+        return None
 
     def step(self) -> None:
         """One pass: read the policy topic to its end, then start, restart, count or decide."""
-        self._read_policy(POLL_MS // 5)
+        self._read_policy()
         record = self._canary_record()
         self._show_pause(record is not None and self.policy.pinned() is not None)
         if record is None:
@@ -256,10 +261,10 @@ class CanaryController:
 
     # -- the policy topic
 
-    def _read_policy(self, timeout_ms: int) -> None:
+    def _read_policy(self) -> None:
         """Fold the policy topic's new records, up to its end as of now."""
         while True:
-            for key, record in self._policy_topic.poll(timeout_ms):
+            for key, record in self._policy_topic.poll(POLL_MS // 5):
                 self.policy.apply(key, record)
             if self._policy_topic.caught_up():
                 return
@@ -269,7 +274,7 @@ class CanaryController:
     def _write(self, basis: PolicyVersion, record: PolicyVersion, still=lambda: True) -> bool:
         """Write ``record`` unless, read to its end again, the policy topic no longer holds ``basis`` as the
         version's latest record, or ``still()`` is false. Returns whether it was written."""
-        self._read_policy(0)
+        self._read_policy()
         if self.policy.versions.get(basis.version) != basis or not still():
             log.info("not writing %s for v%d: the policy topic changed meanwhile (an operator acted?)",
                      PolicyStatus.Name(record.status), record.version)
@@ -360,16 +365,11 @@ class CanaryController:
         running_s = time.time() - record.canary.started_at.ToSeconds()
         if decision.outcome == "continue" and running_s < self.settings.max_duration_s:
             return
-        if decision.outcome == "promote":
-            status, by, outcome, why = PolicyStatus.POLICY_STATUS_PROMOTED, "rule", "promote", reason(
-                decision, self.rule)
-        elif decision.outcome == "roll_back":
-            status, by, outcome, why = PolicyStatus.POLICY_STATUS_ROLLED_BACK, "rule", "roll_back", reason(
-                decision, self.rule)
-        else:  # too many votes without a decision, or too long
-            timed_out_after_s = running_s if decision.outcome == "continue" else None
-            status, by, outcome, why = PolicyStatus.POLICY_STATUS_ROLLED_BACK, "timeout", "time_out", reason(
-                decision, self.rule, timed_out_after_s)
+        # "continue" past max_duration_s: the canary ran out of time, as with too many votes undecided
+        timed_out_after_s = running_s if decision.outcome == "continue" else None
+        outcome = "time_out" if timed_out_after_s is not None else decision.outcome
+        status, by = ENDINGS[outcome]
+        why = reason(decision, self.rule, timed_out_after_s)
         canary = Canary()
         canary.CopyFrom(record.canary)
         canary.candidate_up, canary.candidate_votes = decision.candidate.up, decision.candidate.votes

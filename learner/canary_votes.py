@@ -53,6 +53,8 @@ class VoteTally:
         """Fold in one Feedback event (any order); returns whether either arm's counts changed."""
         if event.rating not in (Rating.RATING_UP, Rating.RATING_DOWN) or not event.response_id:
             return False
+        if event.policy_version not in (self.candidate, self.incumbent):
+            return False  # another version's response (its version never changes): nothing to keep
         voter = event.user_id or f"feedback:{event.feedback_id}"  # anonymous: each vote its own voter
         key = (event.response_id, voter)
         cast_at = instant(event.created_at)
