@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class VersionStats:
 
     responses: int = 0
     words: int = 0  # whitespace-separated words over all responses
+    latencies_s: list[float] = field(default_factory=list)  # each response's, request to last byte (s)
     votes_by: dict[tuple[str, str], bool] = field(default_factory=dict)  # (user, response id) -> thumbs up?
 
     def vote(self, user: str, response_id: str, up: bool) -> None:
@@ -117,6 +119,7 @@ class SimulatedUsers:
         while not stop.is_set():
             prompt = rng.choice(self.prompts)
             try:
+                sent = time.monotonic()
                 raw = await client.chat.completions.with_raw_response.create(
                     model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=self.max_tokens,
                     temperature=1.0)
@@ -127,6 +130,7 @@ class SimulatedUsers:
                 stats = self.stats.by_version[version]
                 stats.responses += 1
                 stats.words += len(text.split())
+                stats.latencies_s.append(time.monotonic() - sent)
                 if rng.random() < self.vote_rate:
                     rating = "up" if rng.random() < self.preference.p_up(prompt, text, finish) else "down"
                     r = await http.post("/v1/feedback", json={
