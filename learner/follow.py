@@ -52,6 +52,11 @@ class Follow:
         return self.pinned is None and self.live_canary is None and self.version == parent
 
 
+def status_name(status: int) -> str:
+    """``PolicyStatus`` ``status`` as the logs and reasons write it: ``CANARY``, ``PROMOTED``, …"""
+    return PolicyStatus.Name(status).removeprefix("POLICY_STATUS_")
+
+
 def rolled_back_in_lineage(policies: PolicyLog, version: int) -> int | None:
     """The nearest of ``version`` and its ancestors (by the records' ``parent``) whose latest status is
     ROLLED_BACK, or None when none is. A version missing from the topic ends the walk (version 0, the
@@ -101,7 +106,7 @@ def decide(
     if followed_pin is not None and served != parent:
         return Follow(served, None, f"the pin of v{followed_pin} was lifted", live_canary)
     if live_canary is not None:
-        status = PolicyStatus.Name(policies.versions[live_canary].status).removeprefix("POLICY_STATUS_")
+        status = status_name(policies.versions[live_canary].status)
         return Follow(parent, None, f"v{live_canary}'s live canary is open ({status})", live_canary)
     if followed_canary is not None and served != parent:
         return Follow(served, None, f"the live canary of v{followed_canary} ended")

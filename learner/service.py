@@ -223,11 +223,11 @@ class Learner:
                 closed = policies.versions.get(state.live_canary)
                 log.warning("the live canary of v%d ended (%s): candidates are gated and published again",
                             state.live_canary,
-                            PolicyStatus.Name(closed.status) if closed is not None else "no record")
+                            follow.status_name(closed.status) if closed is not None else "no record")
             if live_canary is not None:
                 log.warning("v%d's live canary is open (%s): training on, no candidate gated or published "
                             "until it is promoted or rolled back", live_canary,
-                            PolicyStatus.Name(policies.versions[live_canary].status))
+                            follow.status_name(policies.versions[live_canary].status))
         state.live_canary = live_canary
         self.metrics.publishing_paused.labels("canary").set(live_canary is not None)
 
