@@ -73,8 +73,8 @@ class Learner:
     finishes its pending publication, then follows the served policy as before every iteration); otherwise
     it starts from the version serving serves to everyone (the policy topic's pinned or latest promoted
     version, never a descendant of a rolled-back one nor a candidate in its live canary: learner/follow.py),
-    or from ``cfg.base_model`` (version 0). The
-    reference is always ``cfg.base_model``'s top layers over the shared frozen trunk.
+    or from ``cfg.base_model`` (version 0). The reference is always ``cfg.base_model``'s top layers over the
+    shared frozen trunk.
 
     ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
     where the models go (default: ``cfg.device`` resolved, proto/device.py); ``stop``: the event that

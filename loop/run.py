@@ -187,7 +187,10 @@ def make_services(args: argparse.Namespace, work: Path) -> list[Service]:
     reward = Service("reward_service.cli", args.reward_port, env, log_dir / "reward_service.log",
                      args=["serve"])
     serving = Service("serving.cli", args.serving_port, env, log_dir / "serving.log")
-    learner = Service("learner.cli", args.learner_port, env | {"RLHF_LEARNER_REWARD_URL": reward.url},
+    # No canary controller runs here: the learner promotes a passing candidate at once, as before the live
+    # canary (--learner-arg=--live-canary overrides it).
+    learner_env = {"RLHF_LEARNER_REWARD_URL": reward.url, "RLHF_LEARNER_LIVE_CANARY": "false"}
+    learner = Service("learner.cli", args.learner_port, env | learner_env,
                       log_dir / "learner.log", port_flag="--metrics-port",
                       args=["ppo", *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                             *args.learner_arg])
