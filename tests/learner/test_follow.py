@@ -1,5 +1,5 @@
 """The learner's decision to follow the served policy (learner/follow.py), on folded policy topics built
-record by record as serving's admin endpoints and the learner write them."""
+record by record as serving's admin endpoints, the canary controller and the learner write them."""
 
 import torch
 
