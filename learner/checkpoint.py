@@ -2,8 +2,9 @@
 
 One checkpoint is one directory ``<checkpoint_dir>/iter-<N>/`` holding ``trained.safetensors`` (the
 tensors the learner trains: the policy's top layers and final norm, and the value head; the frozen trunk is
-the SFT model's by construction, see learner/model.py), ``optimizer.pt`` and ``state.json`` (:class:`LearnerState`: iteration, β, offsets, counters,
-the pending publication). It is written under a temporary name and renamed into place, so a directory
+the SFT model's by construction, see learner/model.py), ``optimizer.pt`` and ``state.json``
+(:class:`LearnerState`: iteration, β, offsets, counters, the pending publication, the pin or live canary
+it holds for). It is written under a temporary name and renamed into place, so a directory
 named ``iter-*`` is always complete: a crash mid-write leaves only a ``.tmp-*`` directory, which the next
 save removes. The newest ``iter-*`` is the one to resume from. A checkpoint with no new iteration (a
 re-baseline on the served version, learner/follow.py) is ``iter-<N>-<k>``, k = 1, 2, …: it sorts after
@@ -49,7 +50,8 @@ class LearnerState:
 
     ``offsets``: next offset to read per topic and partition (``proto.kafka.Offsets``; the flat
     ``"<topic>:<partition>"`` keys of older checkpoints are read too). ``parent_version``: the policy version
-    the learner's weights descend from (the last one promoted, or the one it started from).
+    the learner's weights descend from (the last one it published CANDIDATE or PROMOTED, or the one it
+    started from or re-baselined on).
     ``baseline_answers``: that version's greedy answers on the held-out prompts, re-scored against each
     candidate's so both are judged by the same reward-model version. ``response_ids``: the events trained
     on in the iteration that produced this checkpoint (for audit and for the recovery test).
@@ -59,7 +61,8 @@ class LearnerState:
     ``recent_response_ids``: the last ``dedup_window`` response ids trained or skipped (redeliveries are
     dropped). ``normalizer``: :class:`learner.ppo.RewardNormalizer`'s fields. ``pinned_version``: the
     operator-pinned version the learner follows (it publishes nothing meanwhile), None when none is
-    (learner/follow.py).
+    (learner/follow.py). ``live_canary``: the version whose open live canary (CANDIDATE or CANARY) the
+    learner holds its publishing for, None when none is open.
     """
 
     iteration: int = 0
@@ -77,6 +80,7 @@ class LearnerState:
     recent_response_ids: list[str] = field(default_factory=list)
     normalizer: dict[str, float] = field(default_factory=dict)
     pinned_version: int | None = None
+    live_canary: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> "LearnerState":

@@ -38,7 +38,9 @@ How to read them (see also learner/README.md):
   and its held-out balanced accuracy; ``waiting_for_reward_model`` is 1 while PPO waits because that
   accuracy is below ``min_reward_accuracy`` (no training on a reward model no better than chance).
 - ``publishing_paused{reason}``: 1 while the learner holds its candidates; ``reason="pin"``: an operator
-  pin is in force (the learner trains from the pinned version and publishes nothing until the unpin).
+  pin is in force (the learner trains from the pinned version and publishes nothing until the unpin);
+  ``reason="canary"``: a version's live canary is open (CANDIDATE or CANARY: one at a time, the learner
+  trains on and publishes again once it is promoted or rolled back).
 - ``stage_cpu_seconds_total{stage}``: process CPU seconds per stage of an iteration (read, score,
   experience, update, gates, checkpoint, publish); divided by ``rollouts_total`` it is the cost of one
   trained response.
@@ -95,13 +97,17 @@ class LearnerMetrics(ServiceMetrics):
         self.consumer_lag = self.gauge(
             "consumer_lag", "Interaction events not yet consumed (end offset - position)"
         )
-        self.policy_version = self.gauge("policy_version", "Version the learner trains from (last promoted)")
+        self.policy_version = self.gauge(
+            "policy_version", "Version the learner trains from (its last published candidate, or promoted)"
+        )
         self.iterations = self.counter("iterations", "PPO iterations completed")
         self.rollouts = self.counter("rollouts", "Responses trained on")
         self.rollouts_dropped = self.counter(
             "rollouts_dropped", "Interaction events skipped, by reason", ["reason"]
         )
-        self.versions_published = self.counter("versions_published", "Policy versions promoted and published")
+        self.versions_published = self.counter(
+            "versions_published", "Policy versions that passed the gates, published CANDIDATE or PROMOTED"
+        )
         self.versions_rejected = self.counter("versions_rejected", "Candidate versions rejected by a gate")
         self.reward_model_version = self.gauge(
             "reward_model_version", "Reward-model version of the last scores"
@@ -117,7 +123,8 @@ class LearnerMetrics(ServiceMetrics):
         )
         self.publishing_paused = self.gauge(
             "publishing_paused",
-            "1 while the learner publishes no candidates, by reason (pin: an operator pin is in force)",
+            "1 while the learner publishes no candidates, by reason (pin: an operator pin is in force; "
+            "canary: a version's live canary is open)",
             ["reason"],
         )
         self.stage_cpu = self.counter("stage_cpu_seconds", "Process CPU seconds spent per stage", ["stage"])

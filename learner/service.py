@@ -6,7 +6,8 @@ Order within an iteration, and why:
 2. follow the served policy (learner/follow.py): after an operator's rollback, pin or unpin since the
    last iteration, re-baseline on the version serving serves (its weights, fresh optimizer moments and
    reward normalisation, its held-out answers as the gates' baseline), checkpointed at once; while a pin
-   is in force, train on but gate and publish nothing. Then live mode trains on the served responses;
+   is in force, or a live canary is open (a version is CANDIDATE or CANARY), train on but gate and publish
+   nothing. Then live mode trains on the served responses;
    generate mode samples new ones with the current policy;
 3. score them through the reward service; until a reward-model version has shown held-out balanced
    accuracy of ``min_reward_accuracy``, rewind to the checkpoint's offsets and wait (no PPO on rewards no
@@ -16,12 +17,15 @@ Order within an iteration, and why:
 6. checkpoint model, value head, optimizer, β, consumed offsets and the pending verdict, atomically;
 7. commit the offsets to the consumer group — only now, so a crash before this point re-reads the batch
    and the restored checkpoint has not counted it: no event lost, none counted twice;
-8. publish the pending verdict: promoted weights to the store plus a PROMOTED record, or a REJECTED
-   record with the reason, after which training resumes from the last promoted weights; a passing
-   candidate whose answers did not change is not published (training goes on from it). A crash between
-   6 and 8 is finished on restart, idempotently (by sha256). A verdict is dropped, with the reason in the
-   log, when by then its parent or an ancestor was rolled back or a pin is in force: the learner never
-   publishes a descendant of a rolled-back version, nor anything while pinned.
+8. publish the pending verdict: a passing candidate's weights to the store plus a CANDIDATE record (its
+   live canary follows, learner/canary_controller.py) or, with ``live_canary`` off, a PROMOTED record;
+   either way it becomes the parent at once and training goes on from it. A failing one: a REJECTED
+   record with the reason, after which training resumes from the parent's weights; a passing candidate
+   whose answers did not change is not published (training goes on from it). A crash between 6 and 8 is
+   finished on restart, idempotently (by sha256). A verdict is dropped, with the reason in the log, when
+   by then its parent or an ancestor was rolled back, a pin is in force or a live canary is open: the
+   learner never publishes a descendant of a rolled-back version, nor anything while pinned, nor a second
+   candidate beside an open one.
 
 Under torchrun this is rank 0's loop; the other ranks run :func:`run_worker` and take part in step 4 only
 (learner/distributed.py).
@@ -57,6 +61,9 @@ from proto.score import ScoreInput
 from proto.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+# A version with these statuses has its weights in the store and may be a parent.
+_PUBLISHED = (PolicyStatus.POLICY_STATUS_CANDIDATE, PolicyStatus.POLICY_STATUS_CANARY,
+              PolicyStatus.POLICY_STATUS_PROMOTED)
 
 
 class Learner:
@@ -64,9 +71,10 @@ class Learner:
 
     Construction resumes from the newest checkpoint under ``cfg.checkpoint_dir`` when there is one (and
     finishes its pending publication, then follows the served policy as before every iteration); otherwise
-    it starts from the version serving serves (the policy topic's pinned or latest promoted version, never
-    a descendant of a rolled-back one: learner/follow.py), or from ``cfg.base_model`` (version 0). The
-    reference is always ``cfg.base_model``'s top layers over the shared frozen trunk.
+    it starts from the version serving serves to everyone (the policy topic's pinned or latest promoted
+    version, never a descendant of a rolled-back one nor a candidate in its live canary: learner/follow.py),
+    or from ``cfg.base_model`` (version 0). The reference is always ``cfg.base_model``'s top layers over the
+    shared frozen trunk.
 
     ``ranks``: under torchrun, rank 0's place (the workers must be running :func:`run_worker`); ``device``:
     where the models go (default: ``cfg.device`` resolved, proto/device.py); ``stop``: the event that
@@ -113,7 +121,8 @@ class Learner:
             self.trainer.normalizer = RewardNormalizer(**self.state.normalizer)
             log.info("resumed from %s at iteration %d", resume, self.state.iteration)
         else:
-            # Start from what serving serves (live data comes from it): pinned, else latest promoted, else 0.
+            # Start from what serving serves (live data comes from it): pinned, else latest promoted, else 0;
+            # an open live canary's candidate is not that (it may yet be rolled back).
             policies = self.policy_topic.read()
             version = follow.base(policies)
             path = self._weights_of(policies, version)
@@ -178,7 +187,7 @@ class Learner:
         self._sync_ranks()
 
     def _revert(self, policies: PolicyLog) -> None:
-        """Back to the parent (last promoted) version's weights, with fresh Adam moments.
+        """Back to the parent version's weights, with fresh Adam moments.
 
         Training on top of a rejected candidate would compound whatever broke its gate (e.g. an answer that
         no longer ends).
@@ -187,12 +196,13 @@ class Learner:
         log.info("candidate discarded: training resumes from v%d", self.state.parent_version)
 
     def _follow_served(self) -> None:
-        """Train from what serving serves (learner/follow.py): after a rollback, a pin or an unpin,
-        re-baseline on it; while a pin is in force, publish nothing. Reads the policy topic (small and
-        compacted; retried through broker outages like every topic read)."""
+        """Train from what serving serves (learner/follow.py): after a rollback, a pin or an unpin, or
+        the end of a live canary of a version it did not train from, re-baseline on it; while a pin is in
+        force or a live canary is open, publish nothing. Reads the policy topic (small and compacted;
+        retried through broker outages like every topic read)."""
         state = self.state
         policies = self.policy_topic.read()
-        decision = follow.decide(policies, state.parent_version, state.pinned_version)
+        decision = follow.decide(policies, state.parent_version, state.pinned_version, state.live_canary)
         if decision.pinned != state.pinned_version:
             if decision.pinned is not None:
                 log.warning("%s: training from it, no candidate gated or published until the unpin",
@@ -201,8 +211,25 @@ class Learner:
                 log.warning("the pin of v%d was lifted: candidates are published again", state.pinned_version)
         state.pinned_version = decision.pinned
         self.metrics.publishing_paused.labels("pin").set(decision.pinned is not None)
+        self._hold_for_live_canary(policies, decision.live_canary)
         if decision.version != state.parent_version:
             self._rebaseline(policies, decision)
+
+    def _hold_for_live_canary(self, policies: PolicyLog, live_canary: int | None) -> None:
+        """Note the open live canary (None: none), saying in the log when it opens or closes."""
+        state = self.state
+        if live_canary != state.live_canary:
+            if state.live_canary is not None:
+                closed = policies.versions.get(state.live_canary)
+                log.warning("the live canary of v%d ended (%s): candidates are gated and published again",
+                            state.live_canary,
+                            follow.status_name(closed.status) if closed is not None else "no record")
+            if live_canary is not None:
+                log.warning("v%d's live canary is open (%s): training on, no candidate gated or published "
+                            "until it is promoted or rolled back", live_canary,
+                            follow.status_name(policies.versions[live_canary].status))
+        state.live_canary = live_canary
+        self.metrics.publishing_paused.labels("canary").set(live_canary is not None)
 
     def _rebaseline(self, policies: PolicyLog, decision: follow.Follow) -> None:
         """Train from ``decision.version`` from now on: its weights, fresh Adam moments and reward
@@ -387,6 +414,8 @@ class Learner:
         if state.iteration % cfg.publish_every == 0:
             if state.pinned_version is not None:
                 log.info("v%d is pinned: candidate not gated", state.pinned_version)
+            elif state.live_canary is not None:
+                log.info("v%d's live canary is open: candidate not gated", state.live_canary)
             else:
                 with self.metrics.stage("gates"), self._precision():
                     report = self._gate()
@@ -435,12 +464,16 @@ class Learner:
         return ready
 
     def publish(self, pending: PendingPublication) -> PolicyVersion | None:
-        """Publish ``pending``, idempotent by the weights' sha256; a promoted version becomes the parent.
+        """Publish ``pending``, idempotent by the weights' sha256; a passing candidate becomes the parent.
 
-        Returns the version record, or None when a passing candidate's answers did not change (serving it
-        would change nothing: nothing is published and training continues from the candidate's weights), or
-        when the verdict is dropped because the parent's lineage was rolled back or a pin is in force
-        (learner/follow.py).
+        Passing: its weights are committed to the store and it is published CANDIDATE (``cfg.live_canary``:
+        the canary controller takes it from there) or PROMOTED; failing: REJECTED, and the weights go back
+        to the parent's. Returns the version record, or None when a passing candidate's answers did not
+        change (serving it would change nothing: nothing is published and training continues from the
+        candidate's weights), or when the verdict is dropped because the parent's lineage was rolled back, a
+        pin is in force or a live canary is open (learner/follow.py). A record with these weights already on
+        the topic (a restart finishing a publish its crash interrupted) is taken as this publication, in
+        whatever state it is now.
         """
         state = self.state
         if pending.passed and not pending.changed:
@@ -448,23 +481,23 @@ class Learner:
             state.pending = None
             return None
         policies = self.policy_topic.read()
-        decision = follow.decide(policies, state.parent_version, state.pinned_version)
-        if not decision.may_publish(state.parent_version):
+        decision = follow.decide(policies, state.parent_version, state.pinned_version, state.live_canary)
+        if decision.pinned is not None or decision.version != state.parent_version:
             # Rolled back or pinned since the gates ran (or before a restart finishing this publish).
-            log.warning("candidate of v%d (gates %s) dropped, not published: %s", state.parent_version,
-                        "passed" if pending.passed else f"failed: {pending.reason}", decision.reason)
-            state.pending = None
-            if not pending.passed and decision.version == state.parent_version:
-                self._revert(policies)  # else the next _follow_served re-baselines
-            return None
+            return self._drop(pending, policies, decision)
         staged = self.store.stage(self.policy.lm, self.tokenizer)
         record = next((r for r in policies.versions.values() if r.weights_sha256 == staged.sha256), None)
         if record is not None:
+            # Looked up before the live-canary check: the open candidate may be this very publication.
             log.info("version %d already published with these weights", record.version)
-            if record.status == PolicyStatus.POLICY_STATUS_PROMOTED:
+            if record.status in _PUBLISHED:
                 self.store.commit(staged, record.version)
             else:
                 self.store.discard(staged)
+        elif decision.live_canary is not None:
+            # Opened since the gates ran (or before a restart finishing this publish): one at a time.
+            self.store.discard(staged)
+            return self._drop(pending, policies, decision)
         else:
             record = PolicyVersion(
                 version=policies.next_version(),
@@ -474,7 +507,12 @@ class Learner:
                 kl_to_reference=pending.kl,
                 reward_mean=pending.reward_mean,
             )
-            if pending.passed:
+            if pending.passed and self.cfg.live_canary:
+                record.status = PolicyStatus.POLICY_STATUS_CANDIDATE
+                record.reason = (f"passed the offline gates: KL to reference {pending.kl:.3f} nats (budget "
+                                 f"{self.cfg.kl_budget}), held-out reward {pending.reward_mean:.3f}")
+                record.checkpoint_uri = self.store.commit(staged, record.version)
+            elif pending.passed:
                 record.status = PolicyStatus.POLICY_STATUS_PROMOTED
                 record.checkpoint_uri = self.store.commit(staged, record.version)
             else:
@@ -482,24 +520,40 @@ class Learner:
                 record.reason = pending.reason
                 self.store.discard(staged)
             self.policy_topic.publish(record)
+            policies.apply(wire.key_of(record), record)
             log.info(
                 "published version %d: %s %s", record.version, PolicyStatus.Name(record.status), record.reason
             )
-        if record.status == PolicyStatus.POLICY_STATUS_PROMOTED:
+        if record.status in _PUBLISHED:
+            # A candidate is the parent at once: the learner trains on from it during its live canary, and
+            # re-baselines on the incumbent should it be rolled back.
             state.parent_version = record.version
             state.baseline_answers = pending.answers
             self.metrics.versions_published.inc()
             self.metrics.policy_version.set(record.version)
+            if record.status != PolicyStatus.POLICY_STATUS_PROMOTED:
+                self._hold_for_live_canary(policies, record.version)
         else:
             if record.status == PolicyStatus.POLICY_STATUS_REJECTED:
                 self.metrics.versions_rejected.inc()
-            else:  # published before a crash, and rolled back by an operator since: not a parent
+            else:  # published before a crash, and rolled back since: not a parent
                 log.warning(
                     "version %d is %s (%s)", record.version, PolicyStatus.Name(record.status), record.reason
                 )
             self._revert(policies)
         state.pending = None
         return record
+
+    def _drop(self, pending: PendingPublication, policies: PolicyLog, decision: follow.Follow) -> None:
+        """Drop ``pending`` unpublished, saying why; a failed candidate's weights go back to the parent's
+        unless the next :meth:`_follow_served` re-baselines anyway. Returns None (nothing published)."""
+        state = self.state
+        log.warning("candidate of v%d (gates %s) dropped, not published: %s", state.parent_version,
+                    "passed" if pending.passed else f"failed: {pending.reason}", decision.reason)
+        state.pending = None
+        if not pending.passed and decision.version == state.parent_version:
+            self._revert(policies)
+        return None
 
     def _observe(
         self, stats: IterationStats, dropped: dict[str, int], n_rollouts: int, duration_s: float

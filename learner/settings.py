@@ -263,6 +263,14 @@ class Settings(ServiceSettings):
         description="the candidate's share of sampled canary answers that end within the "
         "budget may trail version 0's share by at most this",
     )
+    live_canary: bool = Field(
+        True,
+        description="on: a candidate that passes the gates is published as CANDIDATE (weights in the store, "
+        "checkpoint_uri set) and the canary controller (python -m learner.canary_controller) serves it to a "
+        "share of users beside the incumbent and promotes or rolls it back on their votes; the learner trains "
+        "on from it but gates and publishes nothing while any version is CANDIDATE or CANARY. Off: a passing "
+        "candidate is published PROMOTED at once (no live test: run without the controller)",
+    )
     max_iterations: int | None = Field(
         None,
         ge=1,

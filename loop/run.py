@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--until-version", type=int, metavar="N",
                    help="stop once users got 3 responses from policy version N or later (with --duration as a cap)")
-    p.add_argument("--users", type=int, default=4, help="concurrent simulated users (default 4)")
+    # 16, not fewer: the live canary assigns whole users to the candidate (20%), and with 4 users no user at
+    # all would get a given candidate 41% of the time (0.8^4), leaving its canary without votes
+    p.add_argument("--users", type=int, default=16, help="concurrent simulated users (default 16)")
     p.add_argument("--preference", choices=sorted(PREFERENCES), default="concise",
                    help="the users' hidden taste (default: concise answers that end cleanly without repetition)")
     p.add_argument("--max-tokens", type=int, default=64, help="completion budget of the users' requests")

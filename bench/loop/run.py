@@ -1,7 +1,9 @@
 """Acceptance test of the whole loop: does the served policy's thumbs-up rate rise beyond noise as it learns,
 at what KL, and what does each trained example cost in CPU?
 
-Runs the main job's own code path (``python -m loop.run``, default settings, fresh topics) for ``--duration``
+Runs the main job's own code path (``python -m loop.run``, default settings but the live canary off: a
+candidate passing the gates is promoted at once, so this measures PPO's learning, and bench/canary the
+canary's decisions; fresh topics) for ``--duration``
 seconds of simulated traffic with the users' hidden ``--preference``. Meanwhile, every ``--sample-every``
 seconds, it samples the learner's metrics (KL to the reference, β, reward mean, iterations, versions), the
 reward service's (vote lag, untrained votes, held-out accuracy, training examples), serving's (spool
@@ -306,7 +308,9 @@ def main() -> None:
            "--preference", args.preference, "--serving-port", str(ports["serving"]),
            "--reward-port", str(ports["reward"]), "--learner-port", str(ports["learner"]),
            "--canary-port", str(free_port()), "--work-dir", str(work),
-           "--no-prometheus", *args.loop_arg]
+           "--no-prometheus",
+           # PPO's learning speed, not the live canary's decisions (bench/canary): promoted on the gates
+           "--learner-arg=--no-live-canary", *args.loop_arg]
     load = {"start": os.getloadavg()}
     series: list[dict] = []
     last: dict[str, list] = {}  # service -> its latest samples, for the stage and training counters

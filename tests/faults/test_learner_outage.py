@@ -30,7 +30,8 @@ def test_learner_iteration_survives_a_broker_stop_and_start(
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=prefix)
     ensure_topics(kafka)
     produce(kafka, make_interactions(4))
-    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", learning_rate=1e-3, kl_budget=1e3)
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", learning_rate=1e-3, kl_budget=1e3,
+                       live_canary=False)  # promoted at once, no canary controller here
     learner = Learner(cfg, kafka)
     result: dict = {}
     broker_down = threading.Event()

@@ -1,5 +1,5 @@
 """The learner's decision to follow the served policy (learner/follow.py), on folded policy topics built
-record by record as serving's admin endpoints and the learner write them."""
+record by record as serving's admin endpoints, the canary controller and the learner write them."""
 
 import torch
 
@@ -13,6 +13,7 @@ from proto.policy_log import PolicyLog
 S = PolicyStatus
 PROMOTED, REJECTED = S.POLICY_STATUS_PROMOTED, S.POLICY_STATUS_REJECTED
 ROLLED_BACK = S.POLICY_STATUS_ROLLED_BACK
+CANDIDATE, CANARY = S.POLICY_STATUS_CANDIDATE, S.POLICY_STATUS_CANARY
 
 
 def fold(*records: PolicyVersion) -> PolicyLog:
@@ -103,6 +104,55 @@ def test_a_pin_serving_ignores_is_not_in_force():
     decision = decide(policies, 3, 3)
     assert decision == Follow(2, None, "v3 was rolled back")
     assert decide(policies, 2, 3).may_publish(2)
+
+
+def test_an_open_live_canary_holds_publishing_and_a_fresh_learner_starts_from_the_incumbent():
+    # The learner published v4 as CANDIDATE and took it as its parent at once.
+    for status, name in ((CANDIDATE, "CANDIDATE"), (CANARY, "CANARY")):
+        policies = fold(*CHAIN, v(4, 3, status))
+        assert policies.target() == 3
+        decision = decide(policies, 4, None)
+        assert decision == Follow(4, None, f"v4's live canary is open ({name})", 4)
+        assert not decision.may_publish(4)
+        # A learner started while it is open trains from the incumbent and holds too.
+        assert base(policies) == 3
+        assert decide(policies, 3, None) == Follow(3, None, f"v4's live canary is open ({name})", 4)
+    # An operator stopped the canary (CANARY → CANDIDATE): still open.
+    assert decide(fold(*CHAIN, v(4, 3, CANARY), v(4, 3, CANDIDATE)), 4, None, 4).live_canary == 4
+
+
+def test_a_promoted_candidate_resumes_publishing_from_it():
+    policies = fold(*CHAIN, v(4, 3, CANDIDATE), v(4, 3, CANARY), v(4, 3, PROMOTED))
+    decision = decide(policies, 4, None, 4)
+    assert decision == Follow(4, None, "")
+    assert decision.may_publish(4)
+    # A learner that held from the incumbent follows what serving now serves to everyone.
+    assert decide(policies, 3, None, 4) == Follow(4, None, "the live canary of v4 ended")
+
+
+def test_a_rolled_back_candidate_rebaselines_on_the_incumbent():
+    for decided_by in ("rule", "timeout", "operator"):
+        rolled_back = v(4, 3, ROLLED_BACK)
+        rolled_back.canary.incumbent, rolled_back.canary.decided_by = 3, decided_by
+        policies = fold(*CHAIN, v(4, 3, CANDIDATE), v(4, 3, CANARY), rolled_back)
+        decision = decide(policies, 4, None, 4)
+        assert decision == Follow(3, None, "v4 was rolled back")
+        assert decision.may_publish(3) and not decision.may_publish(4)
+        # Nothing trained from the incumbent during the canary moves.
+        assert decide(policies, 3, None, 4) == Follow(3, None, "")
+
+
+def test_a_pin_during_a_live_canary_holds_for_both():
+    policies = fold(*CHAIN, v(4, 3, CANARY), pin(2))
+    assert policies.canary() is None  # serving serves the pin to everyone
+    decision = decide(policies, 4, None, 4)
+    assert decision == Follow(2, 2, "v2 is pinned by an operator", 4)
+    assert not decision.may_publish(2)
+    # Unpinned while the canary is still open: the learner stays on the incumbent it was pinned to (v2 is
+    # not what serving serves; v3 is), and holds until the candidate's decision.
+    unpinned = fold(*CHAIN, v(4, 3, CANARY), pin(2), UNPIN)
+    assert decide(unpinned, 2, 2, 4) == Follow(3, None, "the pin of v2 was lifted", 4)
+    assert decide(unpinned, 3, None, 4) == Follow(3, None, "v4's live canary is open (CANARY)", 4)
 
 
 def test_lineage_walk_ends_on_unknown_versions_and_cycles():

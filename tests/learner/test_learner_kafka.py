@@ -1,6 +1,6 @@
-"""Learner iterations on the real broker and model: a promoted v1 that loads, a rejected version, generate
-mode, temperature-0.7 traffic, redeliveries, waiting for a reward model better than chance, and for an
-unreachable reward service."""
+"""Learner iterations on the real broker and model: a promoted v1 that loads (live canary off), a rejected
+version, generate mode, temperature-0.7 traffic, redeliveries, waiting for a reward model better than
+chance, and for an unreachable reward service."""
 
 import re
 import socket
@@ -57,8 +57,9 @@ def test_one_live_iteration_publishes_a_loadable_v1(
     events = make_interactions(4)
     produce(fresh_kafka, events)
     # A step large enough to change the greedy held-out answer (an unchanged candidate is not published),
-    # and a KL budget it cannot break.
-    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", learning_rate=1e-3, kl_budget=1e3)
+    # and a KL budget it cannot break. No live canary: the candidate is promoted at once.
+    cfg = small_config(tmp_path / "state", scorer, tmp_path / "prompts", learning_rate=1e-3, kl_budget=1e3,
+                       live_canary=False)
     learner = Learner(cfg, fresh_kafka)
     try:
         state = learner.run()
