@@ -139,7 +139,8 @@ def sampling_params(req: ChatCompletionRequest, max_tokens: int) -> SamplingPara
 
 
 class ChatService:
-    """Serves chat completions from ``engine`` and records each finished response.
+    """Serves chat completions from the engine ``router`` picks for each caller and records each finished
+    response.
 
     Args:
         router: picks the engine for each caller (the main one, or the live canary's).
@@ -147,7 +148,8 @@ class ChatService:
         signer: signs each choice's feedback token (the caller's permission to vote on it).
         token_ttl_s: how long a feedback token stays valid (s).
         model_name: the served model name clients must ask for.
-        metrics: where tokens and the time to first token are counted.
+        metrics: where tokens, the time to first token and, during a live canary, each arm's requests and
+            time to first token are counted.
     """
 
     def __init__(self, router: CanaryRouter, event_log: EventLog, signer: Signer, token_ttl_s: float,
