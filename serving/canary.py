@@ -19,12 +19,12 @@ from pathlib import Path
 
 from proto.policy_log import in_canary
 from serving.engine import PolicyEngine
-from serving.metrics import ServingMetrics
+from serving.metrics import ARMS, ServingMetrics
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CANDIDATE, INCUMBENT = "candidate", "incumbent"  # the arms: the candidate's users, everyone else
+CANDIDATE, INCUMBENT = ARMS  # the candidate's users, everyone else
 
 
 class CanaryRouter:
