@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proto.http import APIError, BodyLimitMiddleware
 from serving import admin, errors, ui
 from serving.auth import Authenticator, Identified, IdentityCookieMiddleware
+from serving.canary import CanaryRouter
 from serving.chat import Caller, ChatService
 from serving.engine import PolicyEngine
 from serving.event_log import EventLog
@@ -164,10 +165,11 @@ async def healthz() -> dict:
 
 @router.get("/readyz", tags=["ops"])
 async def readyz(state: State) -> JSONResponse:
-    checks = {"engine": state.engine.ready, "kafka": state.event_log.connected,
+    # A canary engine that died would fail its users' requests: the replica is not ready then either.
+    checks = {"engine": state.engine.ready and state.canary.ready, "kafka": state.event_log.connected,
               "policy_synced": state.follower.synced.is_set()}
     body = {"ready": all(checks.values()), "checks": checks, "policy_version": state.engine.version,
-            "spool_depth": state.event_log.depth}
+            "canary_version": state.canary.version, "spool_depth": state.event_log.depth}
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
@@ -198,15 +200,17 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                                          metrics)
         state.engine = PolicyEngine(settings, metrics)
         await state.engine.start()
-        state.chat = ChatService(state.engine, state.event_log, signer, settings.feedback_token_ttl_s,
+        state.canary = CanaryRouter(state.engine, settings, metrics)
+        state.chat = ChatService(state.canary, state.event_log, signer, settings.feedback_token_ttl_s,
                                  settings.served_model_name, metrics)
-        state.follower = PolicyFollower(settings.kafka, state.engine, settings.base_model,
+        state.follower = PolicyFollower(settings.kafka, state.canary, settings.base_model,
                                         asyncio.get_running_loop())
         state.follower.start()
         try:
             yield
         finally:
             state.follower.stop()
+            state.canary.shutdown()
             state.engine.shutdown()
             state.event_log.close()
 

@@ -1,4 +1,7 @@
-"""Chat completions: generate with the current policy, return the answer, log one Interaction per choice.
+"""Chat completions: generate with the caller's policy, return the answer, log one Interaction per choice.
+
+The caller's policy is the main engine's, or the live canary's candidate for the users in its share
+(serving/canary.py picks the engine; everything else here is the same for both arms).
 
 With ``n`` > 1 every choice is a response of its own: it has its own response id (the extension field
 ``response_id`` of the choice) that ``/v1/feedback`` accepts, and its own Interaction event with its own
@@ -19,6 +22,7 @@ from vllm.sampling_params import StructuredOutputsParams
 
 from proto import events_pb2, topics, wire
 from proto.http import APIError, ErrorInfo, error_body
+from serving.canary import CANDIDATE, CanaryRouter
 from serving.engine import Delta, GenerationCut, PolicyEngine, RequestRejected, TokenLogprobs
 from serving.event_log import EventLog
 from serving.metrics import ServingMetrics
@@ -84,6 +88,7 @@ class _Response:
     choices: list[_Choice]
     created: int = field(default_factory=lambda: int(time.time()))
     first_token_seen: bool = False
+    arm: str | None = None  # "candidate" | "incumbent" while a live canary is served here, else None
 
     def add(self, delta: Delta) -> _Choice:
         choice = self.choices[delta.index]
@@ -98,7 +103,8 @@ class _Response:
 
 
 def logprobs_of(tokens: list[TokenLogprobs], wanted: bool, engine: PolicyEngine) -> ChoiceLogprobs | None:
-    """OpenAI's ``logprobs`` object for ``tokens``, or None when the request did not ask for it."""
+    """OpenAI's ``logprobs`` object for ``tokens``, or None when the request did not ask for it; ``engine``'s
+    tokenizer gives the tokens' bytes (every engine has the base model's)."""
     if not wanted:
         return None
 
@@ -133,20 +139,22 @@ def sampling_params(req: ChatCompletionRequest, max_tokens: int) -> SamplingPara
 
 
 class ChatService:
-    """Serves chat completions from ``engine`` and records each finished response.
+    """Serves chat completions from the engine ``router`` picks for each caller and records each finished
+    response.
 
     Args:
-        engine: the policy engine.
+        router: picks the engine for each caller (the main one, or the live canary's).
         event_log: where Interaction events go (durable on return of ``publish``).
         signer: signs each choice's feedback token (the caller's permission to vote on it).
         token_ttl_s: how long a feedback token stays valid (s).
         model_name: the served model name clients must ask for.
-        metrics: where tokens and the time to first token are counted.
+        metrics: where tokens, the time to first token and, during a live canary, each arm's requests and
+            time to first token are counted.
     """
 
-    def __init__(self, engine: PolicyEngine, event_log: EventLog, signer: Signer, token_ttl_s: float,
+    def __init__(self, router: CanaryRouter, event_log: EventLog, signer: Signer, token_ttl_s: float,
                  model_name: str, metrics: ServingMetrics):
-        self.engine = engine
+        self.router = router
         self.metrics = metrics
         self.event_log = event_log
         self.signer = signer
@@ -157,7 +165,10 @@ class ChatService:
         """``delta`` into ``resp``; its first token is the request's time to first token."""
         if delta.token_ids and not resp.first_token_seen:
             resp.first_token_seen = True
-            self.metrics.time_to_first_token.observe(time.monotonic() - resp.started)
+            waited = time.monotonic() - resp.started
+            self.metrics.time_to_first_token.observe(waited)
+            if resp.arm is not None:
+                self.metrics.canary_time_to_first_token.labels(arm=resp.arm).observe(waited)
         resp.add(delta)
 
     def feedback_token(self, resp: "_Response", choice: "_Choice", caller: Caller) -> str:
@@ -176,20 +187,23 @@ class ChatService:
         if req.model != self.model_name:
             raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{self.model_name}'.",
                            "invalid_request_error", param="model", code="model_not_found")
+        engine, arm = self.router.pick(caller.user_id)
         messages = [m.as_turn() for m in req.messages]
-        prompt_ids = self.engine.render_prompt(messages)
-        max_tokens = self.engine.completion_budget(len(prompt_ids), req.completion_limit)
+        prompt_ids = engine.render_prompt(messages)
+        max_tokens = engine.completion_budget(len(prompt_ids), req.completion_limit)
         params = sampling_params(req, max_tokens)
         try:
-            version, deltas = await self.engine.generate(prompt_ids, params, caller.request_id,
-                                                         top_logprobs=req.top_logprobs or 0)
+            version, deltas = await engine.generate(prompt_ids, params, caller.request_id,
+                                                    top_logprobs=req.top_logprobs or 0)
         except RequestRejected as exc:
             if exc.param in (None, "structured_outputs") and req.response_format is not None:
                 exc.param = "response_format"  # vLLM's name for what the client sent as response_format
             raise
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         choices = [_Choice(i, completion_id if req.n == 1 else f"{completion_id}-{i}") for i in range(req.n)]
-        return _Response(completion_id, version, prompt_ids, max_tokens, started, choices), deltas
+        if arm is not None:
+            self.metrics.canary_requests.labels(arm=arm).inc()
+        return _Response(completion_id, version, prompt_ids, max_tokens, started, choices, arm=arm), deltas
 
     def record(self, req: ChatCompletionRequest, resp: _Response, choice: _Choice, caller: Caller) -> None:
         """Log ``choice`` as one Interaction event. Raises ``OSError`` if not durable."""
@@ -253,12 +267,14 @@ class ChatService:
             created=resp.created,
             model=self.model_name,
             choices=[Choice(index=c.index, message=ResponseMessage(content="".join(c.text)),
-                            finish_reason=c.finish_reason, logprobs=logprobs_of(c.tokens, req.logprobs, self.engine),
+                            finish_reason=c.finish_reason,
+                            logprobs=logprobs_of(c.tokens, req.logprobs, self.router.main),
                             response_id=c.response_id, feedback_token=self.feedback_token(resp, c, caller))
                      for c in resp.choices],
             usage=resp.usage,
             service_tier="default" if req.service_tier else None,
             policy_version=resp.version,
+            canary=resp.arm == CANDIDATE,
         )
 
     async def stream(
@@ -276,6 +292,7 @@ class ChatService:
         def frame(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
             chunk = ChatCompletionChunk(id=resp.completion_id, created=resp.created, model=self.model_name,
                                         choices=choices, usage=usage, policy_version=resp.version,
+                                        canary=resp.arm == CANDIDATE,
                                         service_tier="default" if req.service_tier else None)
             return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
@@ -292,7 +309,7 @@ class ChatService:
                 if delta.text or delta.finish_reason or (req.logprobs and delta.token_ids):
                     yield frame([ChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text or None),
                                              finish_reason=delta.finish_reason,
-                                             logprobs=logprobs_of(delta.tokens, req.logprobs, self.engine))])
+                                             logprobs=logprobs_of(delta.tokens, req.logprobs, self.router.main))])
             finished = True
             self.record_all(req, resp, caller)
             if req.include_usage:
@@ -324,5 +341,5 @@ class ChatService:
 
     def _cut_message(self) -> str:
         return (f"The response was cut short: the server switched to a new policy version and this request did "
-                f"not finish within {self.engine.settings.swap_drain_timeout_s:g} s "
+                f"not finish within {self.router.main.settings.swap_drain_timeout_s:g} s "
                 f"(RLHF_SERVING_SWAP_DRAIN_TIMEOUT_S); please retry.")

@@ -101,11 +101,14 @@ class PolicyEngine:
     Args:
         settings: serving settings (model path, dtype, context length, KV cache size).
         metrics: where the served version, swaps and generation timeouts are recorded.
+        main: True for the engine everyone outside a live canary gets (its version is the
+            ``policy_version`` gauge); False for the canary engine (serving/canary.py).
     """
 
-    def __init__(self, settings: Settings, metrics: ServingMetrics):
+    def __init__(self, settings: Settings, metrics: ServingMetrics, *, main: bool = True):
         self.settings = settings
         self.metrics = metrics
+        self.main = main
         self.tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
         # GPT-2-style byte-level BPE writes each byte as one printable character; this maps them back.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -121,7 +124,14 @@ class PolicyEngine:
         self._swap_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Start the engine on the initial policy (blocking the event loop for the load, ~20-30 s on CPU)."""
+        """Start the engine on the initial policy (version 0, the base model; ~20-30 s on CPU).
+
+        The engine is built in a worker thread, so the event loop keeps serving meanwhile (the canary
+        engine starts while the main one serves). With no event loop running in that thread, vLLM defers
+        its output tasks to their first use; the utility call below starts the engine-core client's
+        output task on this loop at once, so an engine-core failure is noticed before the first request.
+        Raises whatever vLLM raises when the engine cannot start.
+        """
         args = AsyncEngineArgs(
             model=str(self.settings.base_model),
             served_model_name=self.settings.served_model_name,
@@ -131,8 +141,9 @@ class PolicyEngine:
             logprobs_mode="processed_logprobs",
             worker_extension_cls="serving.worker_extension.PolicySwapExtension",
         )
-        self.engine = AsyncLLM.from_engine_args(args)
-        self.metrics.track_version(self.version)
+        self.engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        await self.engine.reset_prefix_cache()  # empty cache: a no-op that starts the output task here
+        self.metrics.track_version(self.version, main=self.main)
 
     def shutdown(self) -> None:
         """Stop the engine processes."""
@@ -271,7 +282,7 @@ class PolicyEngine:
                     await self.engine.reset_prefix_cache()
                 self.metrics.swap_duration.observe(time.monotonic() - started)
                 self.version, self.checkpoint_path = version, Path(weights_path)
-                self.metrics.track_version(version)
+                self.metrics.track_version(version, main=self.main)
             finally:
                 self._admitting.set()
                 pause = time.monotonic() - paused_at

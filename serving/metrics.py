@@ -9,6 +9,7 @@ Latency buckets span 10 ms to 2 min because a CPU engine answers in seconds, a G
 from proto.metrics import ServiceMetrics
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+ARMS = ("candidate", "incumbent")  # a live canary's two arms (the candidate's users, everyone else)
 
 
 class ServingMetrics(ServiceMetrics):
@@ -65,16 +66,40 @@ class ServingMetrics(ServiceMetrics):
         )
         self.swap_failures = self.counter(
             "swap_failures",
-            "Policy versions not swapped in: unresolvable URI, sha256 mismatch or failed load.",
+            "Policy versions not swapped in (either engine): unresolvable URI, sha256 mismatch, failed load "
+            "or a canary engine that failed to start.",
         )
+        self.canary_version = self.gauge(
+            "canary_version", "Live canary's candidate version this replica serves to its canary users (0: none)."
+        )
+        self.canary_share = self.gauge(
+            "canary_share", "Share of users (0-1) served the live canary's candidate here (0: no canary served)."
+        )
+        self.canary_requests = self.counter(
+            "canary_requests",
+            "Chat completions admitted while a live canary is served here, by arm (candidate or incumbent).",
+            ["arm"],
+        )
+        self.canary_time_to_first_token = self.histogram(
+            "canary_time_to_first_token_seconds",
+            "Time from request to the first generated token while a live canary is served here, by arm (s): "
+            "the two engines share the CPU, so this is the canary's cost to each arm's users.",
+            LATENCY_BUCKETS,
+            ["arm"],
+        )
+        for arm in ARMS:  # created at 0 so rate() counts the first request of each arm
+            self.canary_requests.labels(arm=arm)
 
-    def track_version(self, version: int) -> None:
-        """Mark ``version`` as served and create its per-version series at 0.
+    def track_version(self, version: int, *, main: bool = True) -> None:
+        """Mark ``version`` as served (by the main engine when ``main``, whose version is the
+        ``policy_version`` gauge; the canary engine's is ``canary_version``, set while its canary is served)
+        and create its per-version series at 0.
 
         Without the zero, the first vote on a new version creates the series and Prometheus' rate() and
         increase() never count it.
         """
-        self.policy_version.set(version)
+        if main:
+            self.policy_version.set(version)
         for rating in ("up", "down"):
             self.feedback.labels(rating=rating, policy_version=str(version))
         self.generated_tokens.labels(policy_version=str(version))

@@ -235,6 +235,8 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
     service_tier: Literal["default"] | None = None
     policy_version: int = Field(description="Extension: the policy version that generated this response.")
+    canary: bool = Field(False, description="Extension: true when a live canary's candidate generated this "
+                                            "response (the caller is in the candidate's share of users).")
 
 
 class DeltaMessage(BaseModel):
@@ -262,6 +264,8 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
     service_tier: Literal["default"] | None = None
     policy_version: int = Field(description="Extension: the policy version that generated this response.")
+    canary: bool = Field(False, description="Extension: true when a live canary's candidate generated this "
+                                            "response (the caller is in the candidate's share of users).")
 
 
 class ModelCard(BaseModel):

@@ -51,8 +51,13 @@ function showError(text) {
   scrollToEnd();
 }
 
-function showServing(version) {
-  $("model-info").textContent = `${model} · serving policy v${version}`;
+// "v4", or "v4 · canary" when a live canary's candidate answered (this user is in its share of users).
+function versionName(version, canary) {
+  return canary ? `v${version} · canary` : `v${version}`;
+}
+
+function showServing(version, canary = false) {
+  $("model-info").textContent = `${model} · serving policy ${versionName(version, canary)}`;
 }
 
 async function loadModel() {
@@ -83,9 +88,10 @@ function addReply() {
   return reply;
 }
 
-function setVersion(reply, version) {
+function setVersion(reply, version, canary = false) {
   reply.dataset.policyVersion = version;
-  reply.querySelector(".version").textContent = `policy v${version}`;
+  reply.dataset.canary = String(canary);
+  reply.querySelector(".version").textContent = `policy ${versionName(version, canary)}`;
 }
 
 // The `data:` payloads of a server-sent event stream, in order (an event ends at a blank line).
@@ -133,7 +139,7 @@ async function streamReply(messages) {
       reply.dataset.responseId = chunk.id;
       const token = chunk.choices[0]?.feedback_token; // the first chunk's: this browser's right to vote on it
       if (token) reply.dataset.feedbackToken = token;
-      setVersion(reply, chunk.policy_version);
+      setVersion(reply, chunk.policy_version, chunk.canary === true);
       text += chunk.choices[0]?.delta?.content ?? "";
       bubble.textContent = text;
       scrollToEnd();
@@ -146,7 +152,7 @@ async function streamReply(messages) {
     bubble.removeAttribute("aria-busy");
   }
   reply.dataset.state = "done";
-  showServing(reply.dataset.policyVersion);
+  showServing(reply.dataset.policyVersion, reply.dataset.canary === "true");
   for (const button of reply.querySelectorAll(".vote")) button.hidden = false;
   return text;
 }

@@ -50,10 +50,12 @@ try {
     state: el.dataset.state,
     id: el.dataset.responseId,
     policyVersion: el.dataset.policyVersion,
+    canary: el.dataset.canary,
     versionLabel: el.querySelector(".version").textContent,
     text: el.querySelector(".bubble").textContent,
   }));
   result.errors = await page.locator("p.error").allTextContents();
+  result.modelInfoAfterReply = await modelInfo.textContent();
   result.replyRenders = await page.evaluate(() => window.replyRenders);
 
   if (result.reply.state === "done") {

@@ -1,5 +1,6 @@
 """The chat page at ``/`` in headless Chromium (Debian's, driven by Playwright from ``chat_page.mjs``):
-a reply streams in with its policy version, and its thumbs reach Kafka as Feedback events."""
+a reply streams in with its policy version, and its thumbs reach Kafka as Feedback events. (A reply from
+a live canary's candidate, marked "· canary", is tested in test_canary.py.)"""
 
 import json
 import shutil
@@ -49,7 +50,8 @@ def test_chat_page_streams_a_reply_and_records_votes(browser_tools, server, brok
         reply = page["reply"]
         assert reply["state"] == "done", page["errors"]
         assert reply["id"].startswith("chatcmpl-")
-        assert (reply["policyVersion"], reply["versionLabel"]) == ("0", "policy v0")
+        assert (reply["policyVersion"], reply["canary"], reply["versionLabel"]) == ("0", "false", "policy v0")
+        assert page["modelInfoAfterReply"] == f"{MODEL} · serving policy v0"
         assert reply["text"].strip()
         assert page["replyRenders"] > 1  # streamed in pieces
 

@@ -7,6 +7,7 @@ then ``data: [DONE]``; what was generated is still recorded, with finish reason 
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 from proto import topics
 from serving.chat import Caller, ChatService, _Choice, _Response
@@ -33,7 +34,7 @@ async def failing_generation():
 def test_error_after_first_byte_is_an_error_frame_then_done():
     log = RecordingLog()
     signer = Signer(b"k" * 32)
-    chat = ChatService(engine=None, event_log=log, signer=signer, token_ttl_s=60, model_name="m",
+    chat = ChatService(router=SimpleNamespace(main=None), event_log=log, signer=signer, token_ttl_s=60, model_name="m",
                        metrics=ServingMetrics())
     req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], stream=True, n=2)
     resp = _Response("chatcmpl-x", 3, [1, 2], 8, 0.0, [_Choice(0, "chatcmpl-x-0"), _Choice(1, "chatcmpl-x-1")])
