@@ -29,7 +29,8 @@ from rich.table import Table
 
 from proto import topics
 from proto.events_pb2 import Feedback, PolicyStatus, Rating
-from proto.kafka import read_policy, read_topic
+from proto.kafka import read_topic
+from proto.policy_log import PolicyLog
 from proto.settings import KafkaSettings, state_dir
 
 CLIENT_ID = "rlhf-report"
@@ -99,6 +100,7 @@ class VersionRow:
     kl_to_reference: float | None = None  # nats, at promotion
     reward_mean: float | None = None  # reward-model score at promotion
     reason: str = ""
+    promoted: bool = False  # served to everyone at some point (it may be rolled back since)
 
     @property
     def up_rate(self) -> float | None:
@@ -130,7 +132,7 @@ class Report:
 
     @property
     def promoted(self) -> list[int]:
-        return [r.version for r in self.versions if r.version and r.status in ("promoted", "rolled_back")]
+        return [r.version for r in self.versions if r.version and r.promoted]
 
     @property
     def rejected(self) -> list[int]:
@@ -169,12 +171,19 @@ def collect(kafka: KafkaSettings, reward_url: str | None = None, since: float | 
             served[it.policy_version][0] += 1
             served[it.policy_version][1] += len(it.response_text.split())
 
-    policy = read_policy(kafka, CLIENT_ID)
+    # Every record, not only each version's latest: a version rolled back after its promotion was promoted,
+    # one rolled back by its live canary never was.
+    policy, ever_promoted = PolicyLog(), set()
+    for key, rec in read_topic(kafka, topics.POLICY, CLIENT_ID):
+        policy.apply(key, rec)
+        if rec.status == PolicyStatus.POLICY_STATUS_PROMOTED:
+            ever_promoted.add(rec.version)
 
     rows = {0: VersionRow(0, "base")}
     for v, rec in policy.versions.items():
         rows[v] = VersionRow(v, PolicyStatus.Name(rec.status).removeprefix("POLICY_STATUS_").lower(),
-                             kl_to_reference=rec.kl_to_reference, reward_mean=rec.reward_mean, reason=rec.reason)
+                             kl_to_reference=rec.kl_to_reference, reward_mean=rec.reward_mean, reason=rec.reason,
+                             promoted=v in ever_promoted)
     for v, (n, words) in served.items():
         row = rows.setdefault(v, VersionRow(v, "unknown"))
         row.responses, row.words = n, words
@@ -205,7 +214,7 @@ def table(report: Report) -> Table:
         t.add_column(col, no_wrap=col.startswith("thumbs"))
     for r in report.versions:
         t.add_row(str(r.version), r.status, str(r.responses), _fmt(r.mean_words, ".0f"), str(r.up + r.down),
-                  fmt_rate(r.up, r.up + r.down), _fmt(r.kl_to_reference), _fmt(r.reward_mean), r.reason[:60])
+                  fmt_rate(r.up, r.up + r.down), _fmt(r.kl_to_reference), _fmt(r.reward_mean), r.reason[:100])
     t.caption = (f"one vote per (user, response), the latest; promoted {len(report.promoted)}, rejected "
                  f"{len(report.rejected)}; reward model held-out accuracy {_fmt(report.reward_heldout_accuracy)}, "
                  f"AUC {_fmt(report.reward_heldout_auc)}")

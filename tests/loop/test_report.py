@@ -103,3 +103,34 @@ def test_collect_reads_the_topics_in_a_window(kafka_settings):
     assert (rows[1].responses, rows[1].mean_words, rows[1].up, rows[1].down) == (1, 2, 1, 1)
     everything = {r.version: r for r in collect(kafka_settings, until=2000).versions}
     assert (everything[0].responses, everything[0].up) == (2, 2)
+
+
+def test_promoted_means_served_to_everyone_once_not_rolled_back_by_its_canary():
+    """On the real broker: the report's promoted versions come from every policy record, not the latest."""
+    import uuid
+
+    from loop.report import collect
+    from proto import topics, wire
+    from proto.events_pb2 import PolicyStatus as S
+    from proto.events_pb2 import PolicyVersion
+    from proto.kafka import idempotent_producer
+    from proto.settings import KafkaSettings
+    from proto.topics import ensure_topics
+
+    kafka = KafkaSettings(topic_prefix=f"test-report-{uuid.uuid4().hex[:8]}.")
+    ensure_topics(kafka)
+    history = [(1, S.POLICY_STATUS_PROMOTED), (1, S.POLICY_STATUS_ROLLED_BACK),  # by an operator, later
+               (2, S.POLICY_STATUS_CANDIDATE), (2, S.POLICY_STATUS_CANARY), (2, S.POLICY_STATUS_ROLLED_BACK),
+               (3, S.POLICY_STATUS_CANDIDATE), (3, S.POLICY_STATUS_CANARY), (3, S.POLICY_STATUS_PROMOTED),
+               (4, S.POLICY_STATUS_CANDIDATE), (4, S.POLICY_STATUS_CANARY)]
+    producer = idempotent_producer(kafka, "test-report")
+    for version, status in history:
+        record = PolicyVersion(version=version, status=status)
+        producer.send(kafka.topic(topics.POLICY), key=wire.key_of(record), value=wire.encode(record))
+    producer.flush()
+    producer.close()
+
+    report = collect(kafka)
+    assert report.promoted == [1, 3]
+    assert {r.version: r.status for r in report.versions} == {
+        0: "base", 1: "rolled_back", 2: "rolled_back", 3: "promoted", 4: "canary"}
