@@ -1,6 +1,6 @@
 """bench/canary (b): the live canary end to end on the real stack, decided by simulated users' votes.
 
-    python -m bench.canary.live [--users 40] [--max-tokens 48] [--baseline-s 120] [--timeout-min 45]
+    python -m bench.canary.live [--users 40] [--max-tokens 64] [--baseline-s 120] [--timeout-min 45]
 
 On the running broker (topics under a fresh prefix) it starts serving (vLLM) and the live canary controller
 (learner/canary_controller.py, its default rule and share unless ``--controller-env`` says otherwise) and
@@ -196,7 +196,7 @@ def table(result: dict) -> Table:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=40, help="simulated users (each its own key and arm)")
-    p.add_argument("--max-tokens", type=int, default=48, help="completion budget of the users' requests")
+    p.add_argument("--max-tokens", type=int, default=64, help="completion budget of the users' requests")
     p.add_argument("--baseline-s", type=float, default=120.0, help="seconds with no canary first")
     p.add_argument("--timeout-min", type=float, default=45.0, help="longest wait for one canary's decision")
     p.add_argument("--controller-env", action="append", default=[], metavar="NAME=VALUE",
