@@ -23,7 +23,10 @@ error rates and votes to a decision by simulation; the normal approximation and 
 continuous) monitoring make them differ slightly from the nominal ones.
 
 Votes are treated as independent Bernoulli trials. Users are assigned to one arm for the whole canary,
-so a user who votes often weighs more; the per-identity caps of the reward service do not apply here.
+so a user who votes often would weigh more: the tally (learner/canary_votes.py) counts each user on at
+most a few responses per arm, and no decision is made before each arm has ``min_users`` distinct voters.
+That bounds what one account can do, not what many can: accounts (API keys) are the defence against a
+crowd of fake users, and anonymous mode makes them cheap.
 """
 
 import math
@@ -48,6 +51,8 @@ class CanaryRule:
         beta: probability of rolling back a candidate exactly as good as the incumbent (false rollback).
         min_votes: votes each arm needs before any decision (the normal approximation needs some).
         max_candidate_votes: the candidate's votes after which the canary times out to the incumbent.
+        min_users: distinct voters each arm needs before any decision, so that a few accounts cannot
+            decide a canary alone.
     """
 
     margin: float = 0.10
@@ -55,6 +60,7 @@ class CanaryRule:
     beta: float = 0.05
     min_votes: int = 20
     max_candidate_votes: int = 1000
+    min_users: int = 5
 
     def __post_init__(self):
         if not 0 < self.margin < 1:
@@ -85,8 +91,10 @@ class CanaryRule:
         return float(llr) if llr.ndim == 0 else llr
 
     def decide(self, candidate: "ArmVotes", incumbent: "ArmVotes") -> "Decision":
-        """The decision after the votes so far; ``continue`` until both arms have ``min_votes``."""
-        if min(candidate.votes, incumbent.votes) < self.min_votes:
+        """The decision after the votes so far; ``continue`` until both arms have ``min_votes`` votes from
+        ``min_users`` voters."""
+        if min(candidate.votes, incumbent.votes) < self.min_votes or min(candidate.users, incumbent.users) < \
+                self.min_users:
             llr, outcome = 0.0, "continue"
         else:
             llr = self.log_likelihood_ratio(candidate.up, candidate.votes, incumbent.up, incumbent.votes)
@@ -103,10 +111,12 @@ class CanaryRule:
 
 @dataclass(frozen=True)
 class ArmVotes:
-    """One arm's votes: ``up`` thumbs-up out of ``votes`` (one per user and response)."""
+    """One arm's votes: ``up`` thumbs-up out of ``votes`` (one per user and response) from ``users``
+    distinct voters."""
 
     up: int
     votes: int
+    users: int
 
     @property
     def rate(self) -> float:

@@ -64,7 +64,8 @@ POLL_MS = 500  # longest wait for new votes in one pass; the policy topic waits 
 STALE_AFTER_S = 300.0  # /healthz fails once no pass has completed for this long
 # Record timestamps come from the producer's (or the broker's) clock, not the controller's: read the feedback
 # topic from a little before the start, the votes' own created_at decides (learner/canary_votes.py).
-CLOCK_SLACK_S = 60.0
+# Ten minutes, so that a restart recounts the same votes even from a producer whose clock runs that far behind.
+CLOCK_SLACK_S = 600.0
 SEND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
 # A decision's outcome -> the record's status and decided_by.
@@ -111,6 +112,22 @@ class Settings(ServiceSettings):
         description="candidate votes after which an undecided canary times out to the incumbent (1000: "
         "about 3 hours)"
     )
+    min_users: int = Field(
+        _RULE.min_users, ge=1,
+        description="distinct voters each arm needs before any decision, so that a few accounts cannot decide "
+        "a canary alone (with max_votes_per_user, one account weighs at most 10 votes of an arm's 20+)"
+    )
+    max_votes_per_user: int = Field(
+        10, ge=1,
+        description="responses per arm on which one user's votes count (a heavy voter weighs no more than "
+        "10 responses' worth)"
+    )
+    max_silent_s: float = Field(
+        1800.0, gt=0,
+        description="seconds after its start at which a canary whose candidate has no vote while the incumbent "
+        "has min_votes times out: no replica serves the candidate (its weights failed to load: serving's "
+        "rlhf_serving_swap_failures_total) or no user falls in its share"
+    )
     max_duration_s: float = Field(
         24 * 3600.0, gt=0,
         description="seconds after its start at which an undecided canary times out to the incumbent, as "
@@ -124,7 +141,8 @@ class Settings(ServiceSettings):
 
     def rule(self) -> CanaryRule:
         """The sequential test these settings describe."""
-        return CanaryRule(self.margin, self.alpha, self.beta, self.min_votes, self.max_candidate_votes)
+        return CanaryRule(self.margin, self.alpha, self.beta, self.min_votes, self.max_candidate_votes,
+                          self.min_users)
 
     def cli_cmd(self) -> None:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines narrate every connection
@@ -160,8 +178,13 @@ def evidence(decision: Decision) -> str:
 
 def reason(decision: Decision, rule: CanaryRule, timed_out_after_s: float | None = None) -> str:
     """Why the canary ended, for the record's ``reason``; ``timed_out_after_s``: the canary ran out of time
-    (``max_duration_s``) rather than being decided by ``decision``."""
+    (``max_duration_s``, or ``max_silent_s`` without a candidate vote) rather than being decided by
+    ``decision``."""
     llr, points = decision.log_likelihood_ratio, f"{rule.margin * 100:g}-point margin"
+    if timed_out_after_s is not None and decision.candidate.votes == 0:
+        return (f"{evidence(decision)}; no vote on the candidate in {timed_out_after_s / 60:.0f} min "
+                "(max_silent_s): no replica serves it (serving's rlhf_serving_swap_failures_total) or no user "
+                "falls in its share; the incumbent stays")
     if timed_out_after_s is not None:
         return (f"{evidence(decision)}; no decision in {timed_out_after_s / 3600:.1f} h (max_duration_s): "
                 "the incumbent stays")
@@ -310,6 +333,15 @@ class CanaryController:
     def _start_fresh_candidate(self) -> None:
         fresh = [v for v in self.policy.open_candidates()
                  if self.policy.versions[v].status == CANDIDATE and not self.policy.versions[v].HasField("canary")]
+        target = self.policy.target()
+        superseded = [v for v in fresh if v < target]
+        if superseded:
+            # Served to nobody even if promoted (the newest promoted version is served): close it, or the
+            # learner would wait on it forever.
+            basis = self.policy.versions[superseded[0]]
+            why = f"superseded: v{target}, a newer version, was promoted while it waited for its live canary"
+            self._write(basis, self._next(basis, PolicyStatus.POLICY_STATUS_REJECTED, why, Canary()))
+            return
         if not fresh:
             self.stop.wait(POLL_MS / 1000)
             return
@@ -342,7 +374,8 @@ class CanaryController:
         counting = (record.version, record.canary.incumbent, instant(record.canary.started_at))
         if counting != self._counting:
             self._forget_tally()
-            self._tally = VoteTally(record.version, record.canary.incumbent, record.canary.started_at)
+            self._tally = VoteTally(record.version, record.canary.incumbent, record.canary.started_at,
+                                    self.settings.max_votes_per_user)
             self._feedback = call_with_retry(TopicReplay, self.settings.kafka, topics.FEEDBACK,
                                              "rlhf-canary-feedback", self.stop, what="opening the feedback topic",
                                              stop=self.stop, log=log)
@@ -363,9 +396,12 @@ class CanaryController:
         decision = self.rule.decide(*self._tally.arms())
         self._show(record, decision)
         running_s = time.time() - record.canary.started_at.ToSeconds()
-        if decision.outcome == "continue" and running_s < self.settings.max_duration_s:
+        silent = (decision.candidate.votes == 0 and decision.incumbent.votes >= self.rule.min_votes
+                  and running_s >= self.settings.max_silent_s)
+        if decision.outcome == "continue" and running_s < self.settings.max_duration_s and not silent:
             return
-        # "continue" past max_duration_s: the canary ran out of time, as with too many votes undecided
+        # "continue" past max_duration_s (or silent past max_silent_s): the canary ran out of time, as with
+        # too many votes undecided
         timed_out_after_s = running_s if decision.outcome == "continue" else None
         outcome = "time_out" if timed_out_after_s is not None else decision.outcome
         status, by = ENDINGS[outcome]
@@ -387,10 +423,11 @@ class CanaryController:
         m.candidate_version.set(record.version if record else 0)
         m.incumbent_version.set(record.canary.incumbent if record else 0)
         m.share.set(record.canary.share if record else 0)
-        arms = (decision.candidate, decision.incumbent) if decision else (ArmVotes(0, 0), ArmVotes(0, 0))
+        arms = (decision.candidate, decision.incumbent) if decision else (ArmVotes(0, 0, 0), ArmVotes(0, 0, 0))
         for arm, votes in zip(ARMS, arms):
             m.votes.labels(arm).set(votes.votes)
             m.thumbs_up.labels(arm).set(votes.up)
+            m.voters.labels(arm).set(votes.users)
         m.log_likelihood_ratio.set(decision.log_likelihood_ratio if decision else 0)
 
     def close(self) -> None:

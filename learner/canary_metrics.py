@@ -8,6 +8,8 @@ How to read them (see also learner/README.md, "The live canary controller"):
   ``share`` of users get the candidate, the others the incumbent.
 - ``votes{arm}``, ``thumbs_up{arm}``: each arm's votes so far (a user's latest per response) and how many
   of them are thumbs-up; ``thumbs_up / votes`` is the arm's rate. ``arm`` is ``candidate`` or ``incumbent``.
+- ``voters{arm}``: the distinct users behind each arm's votes (each counts on at most ``max_votes_per_user``
+  responses per arm; no decision before ``min_users`` per arm).
 - ``log_likelihood_ratio``: Λ of the sequential test (learner/canary.py): the candidate is promoted when it
   reaches ``promote_bound`` and rolled back when it falls to ``roll_back_bound`` (constants of the rule, so
   a panel can draw them); 0 until both arms have ``min_votes``.
@@ -38,6 +40,7 @@ class CanaryMetrics(ServiceMetrics):
         self.share = self.gauge("share", "Fraction of users served the candidate (0: no canary)")
         self.votes = self.gauge("votes", "Votes so far on each arm's responses", ["arm"])
         self.thumbs_up = self.gauge("thumbs_up", "Thumbs-up votes so far on each arm's responses", ["arm"])
+        self.voters = self.gauge("voters", "Distinct users whose votes count on each arm", ["arm"])
         self.log_likelihood_ratio = self.gauge(
             "log_likelihood_ratio", "Lambda of the sequential test (0 until both arms have min_votes)"
         )

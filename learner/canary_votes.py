@@ -13,8 +13,18 @@ The two arms of a canary (proto/events.proto, ``Canary``):
 - incumbent: votes on responses the incumbent version generated, cast at or after the canary's
   ``started_at`` (earlier ones were cast before the candidate served anyone, under other conditions).
 
-Votes on any other version's responses are ignored. Pure: no Kafka, no clock.
+Votes on any other version's responses are ignored.
+
+**One user, a bounded weight.** The test treats votes as independent, so a single account voting on many
+responses would weigh as much as many users (an attacker with one account in each arm could decide a
+canary alone). Each user therefore counts on at most ``max_votes_per_user`` responses per arm (those with
+the smallest response ids: an arbitrary but unbiased choice that does not depend on arrival order), and
+each arm reports its distinct voters, so the rule can ask for several (``CanaryRule.min_users``).
+
+Pure: no Kafka, no clock.
 """
+
+from collections import defaultdict
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -31,16 +41,20 @@ def instant(ts: Timestamp) -> Instant:
 
 class VoteTally:
     """The votes of one canary: ``candidate`` against ``incumbent`` (policy versions), started at
-    ``started_at``. Raises ``ValueError`` when the two versions are the same."""
+    ``started_at``, each user counting on at most ``max_votes_per_user`` responses per arm. Raises
+    ``ValueError`` when the two versions are the same or ``max_votes_per_user`` < 1."""
 
-    def __init__(self, candidate: int, incumbent: int, started_at: Timestamp):
+    def __init__(self, candidate: int, incumbent: int, started_at: Timestamp, max_votes_per_user: int):
         if candidate == incumbent:
             raise ValueError(f"the candidate and the incumbent are both version {candidate}")
+        if max_votes_per_user < 1:
+            raise ValueError(f"max_votes_per_user must be at least 1, got {max_votes_per_user}")
         self.candidate, self.incumbent, self.started_at = candidate, incumbent, instant(started_at)
+        self.max_votes_per_user = max_votes_per_user
         # (response id, voter) -> (created_at, feedback_id, arm or None, up) of the vote that counts now
         self._latest: dict[tuple[str, str], tuple[Instant, str, str | None, bool]] = {}
-        self._up = {"candidate": 0, "incumbent": 0}
-        self._votes = {"candidate": 0, "incumbent": 0}
+        self._by_voter: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)  # (arm, voter) -> {response: up}
+        self._totals = {"candidate": [0, 0, 0], "incumbent": [0, 0, 0]}  # arm -> [up, votes, voters]
 
     def _arm(self, policy_version: int, cast_at: Instant) -> str | None:
         if policy_version == self.candidate:
@@ -67,16 +81,30 @@ class VoteTally:
         self._latest[key] = new
         before = self.arms()
         if old is not None:
-            self._count(old[2], old[3], -1)
-        self._count(new[2], new[3], +1)
+            self._set(old[2], voter, event.response_id, None)
+        self._set(new[2], voter, event.response_id, new[3])
         return self.arms() != before
 
-    def _count(self, arm: str | None, up: bool, sign: int) -> None:
-        if arm is not None:
-            self._votes[arm] += sign
-            self._up[arm] += sign * up
+    def _weight(self, votes: dict[str, bool]) -> tuple[int, int, int]:
+        """One voter's (up, votes, voters) in an arm: their ``max_votes_per_user`` smallest response ids."""
+        kept = sorted(votes)[: self.max_votes_per_user]
+        return sum(votes[r] for r in kept), len(kept), int(bool(kept))
+
+    def _set(self, arm: str | None, voter: str, response_id: str, up: bool | None) -> None:
+        """``voter``'s vote on ``response_id`` in ``arm`` is now ``up`` (None: it no longer counts there)."""
+        if arm is None:
+            return
+        votes = self._by_voter[(arm, voter)]
+        before = self._weight(votes)
+        if up is None:
+            del votes[response_id]
+        else:
+            votes[response_id] = up
+        after = self._weight(votes)
+        totals = self._totals[arm]
+        for i in range(3):
+            totals[i] += after[i] - before[i]
 
     def arms(self) -> tuple[ArmVotes, ArmVotes]:
         """(candidate, incumbent) votes so far."""
-        return (ArmVotes(self._up["candidate"], self._votes["candidate"]),
-                ArmVotes(self._up["incumbent"], self._votes["incumbent"]))
+        return tuple(ArmVotes(*self._totals[arm]) for arm in ("candidate", "incumbent"))

@@ -52,7 +52,10 @@ class CanaryStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, description="The CANDIDATE version to serve to a share of users.")
-    share: float = Field(DEFAULT_CANARY_SHARE, gt=0, le=1, description="Fraction of users served the candidate.")
+    # Both arms need voters for the live test to decide: at 1 (or near 0) one arm would have none.
+    share: float = Field(DEFAULT_CANARY_SHARE, ge=0.01, le=0.99,
+                         description="Fraction of users served the candidate, 0.01 to 0.99 (promote to give it "
+                                     "everyone).")
     reason: str = Field("", max_length=1000)
 
 

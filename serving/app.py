@@ -167,7 +167,7 @@ async def healthz() -> dict:
 async def readyz(state: State) -> JSONResponse:
     # A canary engine that died would fail its users' requests: the replica is not ready then either.
     checks = {"engine": state.engine.ready and state.canary.ready, "kafka": state.event_log.connected,
-              "policy_synced": state.follower.synced.is_set()}
+              "policy_synced": state.follower.synced.is_set() and state.follower.alive}
     body = {"ready": all(checks.values()), "checks": checks, "policy_version": state.engine.version,
             "canary_version": state.canary.version, "spool_depth": state.event_log.depth}
     return JSONResponse(body, status_code=200 if body["ready"] else 503)

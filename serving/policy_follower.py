@@ -17,6 +17,8 @@ this replica.
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -68,7 +70,22 @@ class PolicyFollower:
         self._stop.set()
         self._thread.join(5)
 
+    @property
+    def alive(self) -> bool:
+        """False once the following thread has ended (it ends only when stopped, or on a bug)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
+        try:
+            self._follow()
+        except BaseException:
+            # A replica that no longer follows the topic would serve a rolled-back version forever: stop the
+            # process (gracefully: requests in flight finish), so that its supervisor starts it afresh.
+            log.critical("the policy follower failed: stopping serving", exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
+
+    def _follow(self) -> None:
         reader = None
         try:
             # Retried also while the topic does not exist yet: serving may start before it is created.
@@ -155,7 +172,12 @@ class PolicyFollower:
         except ValueError as exc:
             self._fail(version, str(exc), failed)
             return None
-        if weights_sha256(path) != record.weights_sha256:
+        try:
+            digest = weights_sha256(path)
+        except OSError as exc:  # a missing or unreadable file (half-synced, deleted): that version only
+            self._fail(version, f"weights at {path} cannot be read: {exc!r}", failed)
+            return None
+        if digest != record.weights_sha256:
             self._fail(version, f"weights at {path} do not match sha256 {record.weights_sha256}", failed)
             return None
         return path

@@ -27,21 +27,30 @@ def test_wald_bounds():
 
 def test_no_decision_before_each_arm_has_min_votes():
     rule = CanaryRule(min_votes=20)
-    assert rule.decide(ArmVotes(0, 19), ArmVotes(200, 200)).outcome == "continue"
+    assert rule.decide(ArmVotes(0, 19, 10), ArmVotes(200, 200, 40)).outcome == "continue"
+
+
+def test_no_decision_before_each_arm_has_min_users_voters():
+    """Two accounts, one per arm, with votes enough for any decision: the rule waits for more voters."""
+    rule = CanaryRule(min_users=5)
+    assert rule.decide(ArmVotes(up=100, votes=100, users=1), ArmVotes(up=0, votes=100, users=1)).outcome == \
+        "continue"
+    assert rule.decide(ArmVotes(up=100, votes=100, users=5), ArmVotes(up=0, votes=100, users=5)).outcome == \
+        "promote"
 
 
 def test_a_much_worse_candidate_is_rolled_back_and_a_better_one_promoted():
     rule = CanaryRule()
-    worse = rule.decide(ArmVotes(up=10, votes=60), ArmVotes(up=150, votes=240))
+    worse = rule.decide(ArmVotes(up=10, votes=60, users=12), ArmVotes(up=150, votes=240, users=48))
     assert worse.outcome == "roll_back" and worse.log_likelihood_ratio <= rule.roll_back_bound
-    better = rule.decide(ArmVotes(up=60, votes=80), ArmVotes(up=150, votes=300))
+    better = rule.decide(ArmVotes(up=60, votes=80, users=16), ArmVotes(up=150, votes=300, users=60))
     assert better.outcome == "promote" and better.log_likelihood_ratio >= rule.promote_bound
 
 
 def test_an_undecided_canary_times_out_at_its_vote_budget():
     rule = CanaryRule(max_candidate_votes=100)
     # θ̂ = −0.05, the middle of the indifference zone: Λ = 0 exactly.
-    decision = rule.decide(ArmVotes(up=45, votes=100), ArmVotes(up=200, votes=400))
+    decision = rule.decide(ArmVotes(up=45, votes=100, users=20), ArmVotes(up=200, votes=400, users=80))
     assert decision.log_likelihood_ratio == pytest.approx(0.0, abs=1e-9)
     assert decision.outcome == "time_out"
 

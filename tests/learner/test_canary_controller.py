@@ -221,6 +221,29 @@ def test_too_few_votes_in_time_roll_back_by_timeout(loop, controller):
     assert "max_duration_s" in decided.reason and "50% thumbs-up (n=2)" in decided.reason
 
 
+def test_a_candidate_nobody_votes_on_times_out_at_max_silent_s(loop, controller):
+    """No replica serves it (say its weights failed to load): the incumbent's users vote, its users cannot."""
+    controller(max_silent_s=3)
+    loop.wait_for(CANDIDATE, S.POLICY_STATUS_CANARY)
+    for i in range(MIN_VOTES):
+        loop.vote(f"inc-{i}", f"user-{i}", True, INCUMBENT)
+    decided = loop.wait_for(CANDIDATE, S.POLICY_STATUS_ROLLED_BACK)
+    assert decided.canary.decided_by == "timeout" and decided.canary.candidate_votes == 0
+    assert "max_silent_s" in decided.reason and "swap_failures" in decided.reason
+
+
+def test_a_candidate_older_than_the_promoted_version_is_closed_not_canaried(kafka, controller):
+    """v2 waited while v3 was promoted: even promoted it would serve nobody, and the learner would wait on it."""
+    side = Loop(kafka)
+    side.publish(candidate_record())
+    side.publish(PolicyVersion(version=3, parent=INCUMBENT, status=S.POLICY_STATUS_PROMOTED, created_at=wire.now()))
+    controller()
+    closed = side.wait_for(CANDIDATE, S.POLICY_STATUS_REJECTED)
+    assert "superseded" in closed.reason and "v3" in closed.reason
+    assert [r.status for r in side.history(CANDIDATE)] == [S.POLICY_STATUS_CANDIDATE, S.POLICY_STATUS_REJECTED]
+    side.close()
+
+
 def test_a_killed_controller_counts_every_vote_once_after_its_restart(loop, controller):
     svc = controller()
     started = loop.wait_for(CANDIDATE, S.POLICY_STATUS_CANARY).canary.started_at
