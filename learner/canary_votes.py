@@ -10,8 +10,11 @@ replaces another (as in the reward service's store).
 The two arms of a canary (proto/events.proto, ``Canary``):
 
 - candidate: votes on responses the candidate version generated;
-- incumbent: votes on responses the incumbent version generated, cast at or after the canary's
-  ``started_at`` (earlier ones were cast before the candidate served anyone, under other conditions).
+- incumbent: votes on responses the incumbent version generated;
+
+both cast at or after the canary's ``started_at``: earlier ones were cast under other conditions (before
+the candidate served anyone, or in an earlier canary of the same candidate that an operator stopped or
+that restarted against a new incumbent).
 
 Votes on any other version's responses are ignored.
 
@@ -57,9 +60,11 @@ class VoteTally:
         self._totals = {"candidate": [0, 0, 0], "incumbent": [0, 0, 0]}  # arm -> [up, votes, voters]
 
     def _arm(self, policy_version: int, cast_at: Instant) -> str | None:
+        if cast_at < self.started_at:
+            return None
         if policy_version == self.candidate:
             return "candidate"
-        if policy_version == self.incumbent and cast_at >= self.started_at:
+        if policy_version == self.incumbent:
             return "incumbent"
         return None
 

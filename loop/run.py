@@ -82,7 +82,7 @@ def progress_table(elapsed: float, stats: UserStats, learner: dict[str, float], 
     g = learner.get
     t.caption = (f"learner: iterations {g('rlhf_learner_iterations_total', 0):.0f}, KL {g('rlhf_learner_kl_to_reference', 0):.2f}"
                  f" nats, β {g('rlhf_learner_kl_coef', 0):.3f}, reward mean {g('rlhf_learner_reward_mean', 0):+.2f}; "
-                 f"versions promoted {g('rlhf_learner_versions_published_total', 0):.0f}, "
+                 f"versions published {g('rlhf_learner_versions_published_total', 0):.0f} (promoted or candidates), "
                  f"rejected {g('rlhf_learner_versions_rejected_total', 0):.0f}; reward model "
                  f"v{g('rlhf_learner_reward_model_version', 0):.0f} held-out balanced accuracy "
                  f"{g('rlhf_learner_reward_model_accuracy', float('nan')):.2f}"

@@ -3,10 +3,11 @@ end-of-turn logit shifted, so its answers are shorter (it stops sooner) or longe
 
 Simulated users with the ``concise`` taste (loop/preference.py) like answers that end by themselves within
 40 words, so a positive shift makes a candidate they like and a negative one a candidate they dislike,
-without training anything. The shift is made in the output layer only: the embeddings are untied and the
-end-of-turn token's output row gets ``shift`` times the mean direction of the final hidden states, which
-raises that token's logit by about ``shift`` nats at a typical position (its input embedding, which the
-chat template's turn ends use, is unchanged).
+without training anything. The end-of-turn token's row of the output layer gets ``shift`` times the mean
+direction of the final hidden states, which raises that token's logit by about ``shift`` nats at a typical
+position. The embeddings stay tied, as in the bundled model: serving hot-swaps weights into an engine built
+for tied embeddings, which would ignore an untied output layer. So the same row is also that token's input
+embedding, where the chat template ends each turn; the measured effect on the users' votes is what counts.
 """
 
 import torch
@@ -18,13 +19,15 @@ PROMPTS = ("Name three colours.", "What is the capital of France?", "Give me a t
            "Explain what a noun is.", "Write a short greeting for a friend.")
 
 
-def end_of_turn_shifted(model_dir, out_dir, shift: float) -> str:
-    """Save the model at ``model_dir`` with its end-of-turn logit raised by about ``shift`` nats (lowered
-    when negative) to ``out_dir`` (a Hugging Face directory serving and the learner load); return the
-    sha256 of its weights (proto.policy_store.weights_sha256)."""
+def logit_shifted(model_dir, out_dir, shift: float, token: str | None = None) -> str:
+    """Save the model at ``model_dir`` with one token's logit raised by about ``shift`` nats (lowered when
+    negative) to ``out_dir`` (a Hugging Face directory serving and the learner load); return the sha256 of
+    its weights (proto.policy_store.weights_sha256). ``token``: its text (one token), None for the
+    end-of-turn token."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     eos = model.config.eos_token_id
+    shifted = eos if token is None else tokenizer.convert_tokens_to_ids(tokenizer.tokenize(token))[0]
     with torch.no_grad():
         states = []
         for prompt in PROMPTS:
@@ -34,11 +37,7 @@ def end_of_turn_shifted(model_dir, out_dir, shift: float) -> str:
             hidden = model(out, output_hidden_states=True).hidden_states[-1][0]  # (tokens, hidden), after norm
             states.append(hidden[ids["input_ids"].shape[1] - 1:])
         mean = torch.cat(states).mean(0)  # (hidden,) float32
-        head = torch.nn.Linear(mean.numel(), model.config.vocab_size, bias=False)
-        head.weight.copy_(model.get_input_embeddings().weight)
-        head.weight[eos] += shift * mean / mean.dot(mean)
-    model.config.tie_word_embeddings = False
-    model.lm_head = head
+        model.get_input_embeddings().weight[shifted] += shift * mean / mean.dot(mean)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return weights_sha256(out_dir)

@@ -7,8 +7,8 @@ On the running broker (topics under a fresh prefix) it starts serving (vLLM) and
 simulated users with the ``concise`` taste (loop/preference.py: answers that end by themselves within 40
 words). First ``--baseline-s`` seconds with no canary (version 0 alone, one engine: the latency peer). Then
 two canaries in turn, each published as a CANDIDATE the controller starts by itself: a candidate the users
-dislike (its end-of-turn logit lowered, so it rarely stops: bench/canary/candidates.py) and one they like
-(raised). Users chat and vote until the controller decides.
+dislike (the logit of " the" raised: it repeats itself and never ends) and one they like (the end-of-turn
+logit raised: it stops sooner); bench/canary/candidates.py. Users chat and vote until the controller decides.
 
 Reported per canary: the decision and what decided it; the votes behind it (each arm, from the decision
 record) and the users' own count; minutes to the decision (from the CANDIDATE record to the decision
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bench.canary.candidates import end_of_turn_shifted
+from bench.canary.candidates import logit_shifted
 from bench.results import utc_stamp, write_json
 from loop.preference import ConciseAndClean
 from loop.processes import Service, free_port
@@ -46,9 +46,10 @@ from proto.topics import ensure_topics
 
 MODEL = "smollm2-135m-instruct"
 OPEN = (PolicyStatus.POLICY_STATUS_CANDIDATE, PolicyStatus.POLICY_STATUS_CANARY)
-# (name, end-of-turn logit shift in nats): measured on the bundled model at 64 tokens, sampled, over 24 of
-# the users' prompts: −6 → 37% thumbs-up (it never stops by itself), 0 → 73%, +6 → 86%.
-CANDIDATES = (("disliked", -6.0), ("liked", 6.0))
+# (name, logit shift in nats, token; None: end of turn). Measured with transformers on 40 of the users'
+# prompts, 64 tokens sampled, the concise taste: the bundled model 52% thumbs-up; " the" +10 nats 10% (it
+# repeats "the": long, unfinished, repetitive); end of turn +6 nats 73% (it stops sooner).
+CANDIDATES = (("disliked", 10.0, " the"), ("liked", 6.0, None))
 
 
 @dataclass
@@ -223,15 +224,15 @@ def main(argv: list[str] | None = None) -> None:
         v0 = stats.by_version[0]
         result["baseline"] = {"seconds": args.baseline_s, "votes": len(v0.votes_by), "rate": v0.up_rate,
                               "rate_ci95": wilson(v0.up, len(v0.votes_by)), "latency_s": percentiles(v0.latencies_s)}
-        for version, (name, shift) in enumerate(CANDIDATES, start=1):
+        for version, (name, shift, token) in enumerate(CANDIDATES, start=1):
             path = stack.store / f"v{version}"
-            sha = end_of_turn_shifted(ServiceSettings().base_model, path, shift)
+            sha = logit_shifted(ServiceSettings().base_model, path, shift, token)
             published = time.time()
             publish_candidate(kafka, version, 0, path, sha)
             stats, record = asyncio.run(run_users(stack, args.timeout_min * 60, version, args.max_tokens,
                                                   args.seed + version))
             row = canary_result(name, record, stats, published, seconds(record.created_at), args.users)
-            row["shift_nats"] = shift
+            row["shift_nats"], row["shifted_token"] = shift, token or "<end of turn>"
             result["canaries"].append(row)
             console.print(f"{name} v{version}: {row['decision']} ({row['decided_by']}): {row['reason']}")
     finally:

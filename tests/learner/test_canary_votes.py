@@ -34,11 +34,12 @@ def test_each_arm_counts_its_versions_votes(tally):
     assert tally.arms() == (ArmVotes(up=1, votes=2, users=2), ArmVotes(up=1, votes=1, users=1))
 
 
-def test_incumbent_votes_before_the_start_do_not_count_but_candidate_votes_do(tally):
+def test_votes_cast_before_the_start_do_not_count_on_either_arm(tally):
     assert not tally.add(vote("r1", "u1", True, START - 1, INCUMBENT))
     assert not tally.add(vote("r2", "u1", True, START - 1, INCUMBENT, nanos=999_999_999))  # 1 ns before
     assert tally.add(vote("r3", "u1", False, START, INCUMBENT))  # at the start: counts
-    assert tally.add(vote("r4", "u1", True, START - 50))  # a candidate vote has no start
+    assert not tally.add(vote("r4", "u1", True, START - 50))  # an earlier canary's vote on the candidate
+    assert tally.add(vote("r5", "u1", True, START + 1))
     assert tally.arms() == (ArmVotes(up=1, votes=1, users=1), ArmVotes(up=0, votes=1, users=1))
 
 

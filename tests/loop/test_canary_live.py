@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from bench.canary.candidates import end_of_turn_shifted
+from bench.canary.candidates import logit_shifted
 from bench.canary.live import publish_candidate, run_users, start_stack
 from loop.users import user_id
 from proto.events_pb2 import PolicyStatus
@@ -45,16 +45,16 @@ def wait_for_serving(url: str, version: int, timeout_s: float = 60) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("version, shift, decision", [
-    (1, -6.0, PolicyStatus.POLICY_STATUS_ROLLED_BACK),
-    (2, 6.0, PolicyStatus.POLICY_STATUS_PROMOTED),
+@pytest.mark.parametrize("version, shift, token, decision", [
+    (1, 10.0, " the", PolicyStatus.POLICY_STATUS_ROLLED_BACK),  # repeats "the": long, unfinished
+    (2, 6.0, None, PolicyStatus.POLICY_STATUS_PROMOTED),  # its end-of-turn logit raised: stops sooner
 ])
-def test_users_votes_decide_the_canary(stack, model_dir, version, shift, decision):
+def test_users_votes_decide_the_canary(stack, model_dir, version, shift, token, decision):
     arm = {user_id(i): in_canary(user_id(i), version, SHARE) for i in range(USERS)}
     # both arms have the rule's min_users (5) voters (fixed by the hash: a guard, not a check)
     assert 5 <= sum(arm.values()) <= USERS - 5
     path = stack.store / f"v{version}"
-    publish_candidate(stack.kafka, version, 0, path, end_of_turn_shifted(model_dir, path, shift))
+    publish_candidate(stack.kafka, version, 0, path, logit_shifted(model_dir, path, shift, token))
 
     stats, record = asyncio.run(run_users(stack, DECISION_TIMEOUT_S, version, MAX_TOKENS, seed=version))
 
