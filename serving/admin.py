@@ -52,10 +52,11 @@ class CanaryStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, description="The CANDIDATE version to serve to a share of users.")
-    # Both arms need voters for the live test to decide: at 1 (or near 0) one arm would have none.
-    share: float = Field(DEFAULT_CANARY_SHARE, ge=0.01, le=0.99,
-                         description="Fraction of users served the candidate, 0.01 to 0.99 (promote to give it "
-                                     "everyone).")
+    # Near 0 the candidate would have no voters. At 1 the incumbent has none, so the live test never decides
+    # (the canary times out): for an operator who wants everyone on the candidate until they decide by hand.
+    share: float = Field(DEFAULT_CANARY_SHARE, ge=0.01, le=1,
+                         description="Fraction of users served the candidate, 0.01 to 1 (at 1 only an operator "
+                                     "can decide: the incumbent gets no votes).")
     reason: str = Field("", max_length=1000)
 
 
