@@ -250,7 +250,7 @@ class CanaryController:
     def step(self) -> None:
         """One pass: read the policy topic to its end, then start, restart, count or decide."""
         self._read_policy()
-        record = self._canary_record()
+        record = self.policy.open_canary()
         self._show_pause(record is not None and self.policy.pinned() is not None)
         if record is None:
             self._forget_tally()
@@ -266,11 +266,6 @@ class CanaryController:
         else:
             self._count(record)
             self._decide(record)
-
-    def _canary_record(self) -> PolicyVersion | None:
-        """The newest CANARY record, pin or not (``PolicyLog.canary()`` hides it under a pin)."""
-        canaries = [r for r in self.policy.versions.values() if r.status == CANARY]
-        return max(canaries, key=lambda r: r.version, default=None)
 
     def _show_pause(self, paused: bool) -> None:
         if paused != self._paused:
@@ -353,7 +348,7 @@ class CanaryController:
         why = (f"live canary started: {share:.0%} of users get v{basis.version}, the others incumbent "
                f"v{incumbent}; it ends when their votes decide (or time out)")
         if self._write(basis, self._next(basis, CANARY, why, canary),
-                       lambda: self._canary_record() is None and self.policy.pinned() is None
+                       lambda: self.policy.open_canary() is None and self.policy.pinned() is None
                        and self.policy.target() == incumbent):
             self.metrics.starts.labels("candidate").inc()
 

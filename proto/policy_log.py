@@ -69,13 +69,15 @@ class PolicyLog:
             return pinned
         return self.latest_promoted(skip)
 
-    def canary(self) -> PolicyVersion | None:
-        """The CANARY record being served now (the newest, should there be several), or None: none is
-        open, or a pin is in force."""
+    def open_canary(self) -> PolicyVersion | None:
+        """The newest CANARY record, also while a pin keeps it from being served; None when none is open."""
         canaries = [r for r in self.versions.values() if r.status == PolicyStatus.POLICY_STATUS_CANARY]
-        if not canaries or self.pinned() is not None:
-            return None
-        return max(canaries, key=lambda r: r.version)
+        return max(canaries, key=lambda r: r.version, default=None)
+
+    def canary(self) -> PolicyVersion | None:
+        """The CANARY record being served now (see :meth:`open_canary`), or None: none is open, or a pin is
+        in force."""
+        return None if self.pinned() is not None else self.open_canary()
 
     def open_candidates(self) -> list[int]:
         """Versions whose live decision is still open (CANDIDATE or CANARY), oldest first."""

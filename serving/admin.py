@@ -81,11 +81,6 @@ def _canary_fields(record: PolicyVersion) -> dict | None:
             "decided_by": c.decided_by}
 
 
-def _open_canary(log: PolicyLog) -> PolicyVersion | None:
-    """The CANARY record, also while a pin keeps it from being served (``PolicyLog.canary()`` is None then)."""
-    return max((r for r in log.versions.values() if r.status == CANARY), key=lambda r: r.version, default=None)
-
-
 @router.get("/policy")
 async def policy_state(request: Request) -> dict:
     """Every version's latest status and canary fields, the pin, the target, the open canary, and the
@@ -93,7 +88,7 @@ async def policy_state(request: Request) -> dict:
     serves to its canary users, null when none)."""
     state = request.app.state
     log = state.follower.policy
-    canary = _open_canary(log)
+    canary = log.open_canary()
     return {
         "serving": state.engine.version,
         "serving_canary": state.canary.version,
@@ -131,7 +126,7 @@ def _transition(log: PolicyLog, version: int, status: int, reason: str) -> Polic
 
 
 def _require_open_canary(log: PolicyLog) -> PolicyVersion:
-    canary = _open_canary(log)
+    canary = log.open_canary()
     if canary is None:
         raise APIError(404, "No live canary is open (GET /admin/policy lists the versions; POST "
                             "/admin/canary/start opens one).", "invalid_request_error")
@@ -177,7 +172,7 @@ async def canary_start(start: CanaryStart, request: Request) -> dict:
     if record.status != CANDIDATE:
         raise APIError(409, f"Version {start.version} is {_status_name(record.status)}; only a candidate "
                             "version can start a live canary.", "invalid_request_error", param="version")
-    if (open_canary := _open_canary(log)) is not None:
+    if (open_canary := log.open_canary()) is not None:
         raise APIError(409, f"The live canary of version {open_canary.version} is open: stop, promote or roll it "
                             "back first (POST /admin/canary/stop|promote|rollback).", "invalid_request_error")
     if (pinned := log.pinned()) is not None:
