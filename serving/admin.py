@@ -134,7 +134,7 @@ def _require_open_canary(log: PolicyLog) -> PolicyVersion:
 
 
 @router.post("/rollback", status_code=202)
-async def rollback(change: PolicyChange, request: Request) -> dict:
+async def rollback(request: Request, change: PolicyChange = PolicyChange()) -> dict:
     """Mark a promoted, canary or candidate version ROLLED_BACK (default: the version served here); replicas
     then serve the next target, and a canary's users go back to it."""
     log = request.app.state.follower.policy
@@ -187,7 +187,7 @@ async def canary_start(start: CanaryStart, request: Request) -> dict:
 
 
 @router.post("/canary/stop", status_code=202)
-async def canary_stop(end: CanaryEnd, request: Request) -> dict:
+async def canary_stop(request: Request, end: CanaryEnd = CanaryEnd()) -> dict:
     """Stop the open canary without a decision: its version is a CANDIDATE again, its users go back to the
     incumbent."""
     log = request.app.state.follower.policy
@@ -196,7 +196,7 @@ async def canary_stop(end: CanaryEnd, request: Request) -> dict:
 
 
 @router.post("/canary/promote", status_code=202)
-async def canary_promote(change: PolicyChange, request: Request) -> dict:
+async def canary_promote(request: Request, change: PolicyChange = PolicyChange()) -> dict:
     """Promote the open canary, or the named candidate or canary version: every user gets it."""
     log = request.app.state.follower.policy
     if change.version is None:
@@ -214,7 +214,7 @@ async def canary_promote(change: PolicyChange, request: Request) -> dict:
 
 
 @router.post("/canary/rollback", status_code=202)
-async def canary_rollback(end: CanaryEnd, request: Request) -> dict:
+async def canary_rollback(request: Request, end: CanaryEnd = CanaryEnd()) -> dict:
     """Roll the open canary back: its users go back to the incumbent, and it is never served again."""
     log = request.app.state.follower.policy
     canary = _require_open_canary(log)

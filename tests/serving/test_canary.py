@@ -104,7 +104,7 @@ def wait_serving(svc: Service, main: int, canary: int | None, timeout_s: float =
 
 
 def admin(svc: Service, path: str, body: dict | None = None, status: int = 202) -> dict:
-    r = httpx.post(f"{svc.url}/admin/{path}", json=body or {}, headers=ADMIN, timeout=10)
+    r = httpx.post(f"{svc.url}/admin/{path}", json=body, headers=ADMIN, timeout=10)
     assert r.status_code == status, r.text
     return r.json()
 
