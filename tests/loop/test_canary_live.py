@@ -18,7 +18,7 @@ from proto.events_pb2 import PolicyStatus
 from proto.policy_log import in_canary
 from proto.settings import KafkaSettings
 
-USERS, SHARE, MAX_TOKENS = 12, 0.5, 48
+USERS, SHARE, MAX_TOKENS = 12, 0.5, 64
 DECISION_TIMEOUT_S = 900
 
 

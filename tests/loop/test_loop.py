@@ -22,6 +22,7 @@ def test_votes_lead_to_a_promoted_version_served_in_place(kafka_settings, tmp_pa
         # the greedy answers (an unchanged candidate is not published) within a KL budget they cannot break.
         "--learner-arg=--min-reward-accuracy=0", "--learner-arg=--publish-every=1",
         "--learner-arg=--learning-rate=1e-4", "--learner-arg=--kl-budget=1000", "--learner-arg=--ppo-epochs=2",
+        "--learner-arg=--canary-samples=1",  # the gates' sampled answers: 4 where 16 are the default
         # promoted on the gates: a live canary needs more votes than three users cast in minutes
         # (tests/loop/test_canary_live.py runs one)
         "--learner-arg=--no-live-canary",
