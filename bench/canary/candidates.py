@@ -22,12 +22,18 @@ PROMPTS = ("Name three colours.", "What is the capital of France?", "Give me a t
 def logit_shifted(model_dir, out_dir, shift: float, token: str | None = None) -> str:
     """Save the model at ``model_dir`` with one token's logit raised by about ``shift`` nats (lowered when
     negative) to ``out_dir`` (a Hugging Face directory serving and the learner load); return the sha256 of
-    its weights (proto.policy_store.weights_sha256). ``token``: its text (one token), None for the
-    end-of-turn token."""
+    its weights (proto.policy_store.weights_sha256). ``token``: its text, None for the end-of-turn token.
+
+    Raises:
+        ValueError: ``token`` is not exactly one token of the model's vocabulary.
+    """
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    token_ids = [] if token is None else tokenizer.encode(token, add_special_tokens=False)
+    if token is not None and len(token_ids) != 1:
+        raise ValueError(f"{token!r} is {len(token_ids)} tokens of this vocabulary; name a single token")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     eos = model.config.eos_token_id
-    shifted = eos if token is None else tokenizer.convert_tokens_to_ids(tokenizer.tokenize(token))[0]
+    shifted = eos if token is None else token_ids[0]
     with torch.no_grad():
         states = []
         for prompt in PROMPTS:
