@@ -74,6 +74,7 @@ class UserStats:
     # What serving acknowledged, for audits (bench/chaos): response ids and feedback ids, in order.
     responses_accepted: list[str] = field(default_factory=list)
     votes_accepted: list[str] = field(default_factory=list)
+    canary_users: set[str] = field(default_factory=set)  # users served a response marked ``canary: true``
 
     @property
     def votes(self) -> int:
@@ -127,6 +128,8 @@ class SimulatedUsers:
                 version = int(raw.headers["x-policy-version"])
                 text, finish = reply.choices[0].message.content or "", reply.choices[0].finish_reason
                 self.stats.responses_accepted.append(reply.id)  # n = 1: the response id is the completion's
+                if (reply.model_extra or {}).get("canary"):
+                    self.stats.canary_users.add(user)
                 stats = self.stats.by_version[version]
                 stats.responses += 1
                 stats.words += len(text.split())
